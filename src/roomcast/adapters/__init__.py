@@ -1,0 +1,34 @@
+"""Implementations of the ports, chosen by URL scheme in `open_store`."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from roomcast.ports import Store
+
+
+class UnsupportedURL(ValueError):
+    """A store or broker URL whose scheme roomcast does not know."""
+
+
+def open_store(url: str, *, history_max: int = 10_000, queue_max: int = 10_000) -> Store:
+    """Build (not yet open) the store named by `url`.
+
+    `memory://` keeps everything in this process; `sqlite:///PATH` (three slashes and a
+    relative path, four for an absolute one) keeps it in an embedded SQLite file.
+    """
+    parts = urlsplit(url)
+    if parts.scheme == "memory":
+        from roomcast.adapters.memory import MemoryStore
+
+        return MemoryStore(history_max=history_max)
+    if parts.scheme == "sqlite":
+        from roomcast.adapters.sqlite import SqliteStore
+
+        path = parts.path[1:] if parts.path.startswith("/") else parts.path
+        if parts.netloc:
+            raise UnsupportedURL(f"sqlite URLs have no host: use sqlite:///PATH, not {url!r}")
+        if not path:
+            raise UnsupportedURL(f"sqlite URL names no file: {url!r}")
+        return SqliteStore(path, queue_max=queue_max)
+    raise UnsupportedURL(f"unknown store URL scheme {parts.scheme!r} in {url!r}")

@@ -1,0 +1,259 @@
+"""An embedded SQLite store: history and votes survive a restart, nothing to install.
+
+All SQLite work runs on one worker thread that owns the connection, so the event loop
+never waits for disk I/O. The thread drains whatever operations are queued and runs them
+in one transaction (group commit), then resolves their futures in submission order, in
+one hand-off to the loop. The queue is bounded: past `queue_max` pending operations a
+call raises `StoreOverloaded` at once.
+
+The database is opened in WAL mode with `synchronous=NORMAL` (a committed message
+survives a crash of roomcast; the last transactions may be lost if the machine itself
+loses power) and `locking_mode=EXCLUSIVE`, so a second process cannot open the same
+file by mistake and assign conflicting offsets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from roomcast.core.errors import StoreError, StoreOverloaded, UnknownChat
+from roomcast.ports import HistoryPage, StoredMessage
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    chat_id    INTEGER PRIMARY KEY,
+    room_id    TEXT    NOT NULL,
+    offset     INTEGER NOT NULL,
+    user_id    TEXT    NOT NULL,
+    name       TEXT    NOT NULL,
+    text       TEXT    NOT NULL,
+    upvotes    INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL,
+    UNIQUE (room_id, offset)
+);
+CREATE TABLE IF NOT EXISTS votes (
+    chat_id INTEGER NOT NULL,
+    user_id TEXT    NOT NULL,
+    PRIMARY KEY (chat_id, user_id)
+) WITHOUT ROWID;
+"""
+
+_COLUMNS = "chat_id, room_id, offset, user_id, name, text, upvotes, created_at"
+
+_Op = Callable[..., Any]
+_Item = tuple[_Op, tuple[Any, ...], "asyncio.Future[Any]"]
+
+
+def _row(row: tuple[Any, ...]) -> StoredMessage:
+    return StoredMessage(str(row[0]), *row[1:])
+
+
+class SqliteStore:
+    """Store messages and votes in one SQLite file, written from a worker thread."""
+
+    def __init__(self, path: str, *, queue_max: int = 10_000, batch_max: int = 512) -> None:
+        self._path = path
+        self._queue_max = queue_max
+        self._batch_max = batch_max
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._pending = 0
+        self._offsets: dict[str, int] = {}  # owned by the worker thread
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped: asyncio.Future[None] | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        loop = self._loop = asyncio.get_running_loop()
+        self._stopped = loop.create_future()
+        ready: asyncio.Future[None] = loop.create_future()
+        self._thread = threading.Thread(
+            target=self._run, args=(ready,), name="roomcast-sqlite", daemon=True
+        )
+        self._thread.start()
+        await ready
+
+    async def close(self) -> None:
+        if self._thread is None or self._stopped is None:
+            return
+        self._queue.put(None)
+        await self._stopped
+        self._thread = None
+
+    # ------------------------------------------------------------ the port
+
+    async def append(self, room_id: str, user_id: str, name: str, text: str) -> StoredMessage:
+        result: StoredMessage = await self._submit(
+            self._append, room_id, user_id, name, text, int(time.time() * 1000)
+        )
+        return result
+
+    async def vote(self, room_id: str, chat_id: str, user_id: str) -> int | None:
+        result: int | None = await self._submit(self._vote, room_id, chat_id, user_id)
+        return result
+
+    async def history(self, room_id: str, limit: int, voter: str | None = None) -> HistoryPage:
+        result: HistoryPage = await self._submit(self._history, room_id, limit, voter)
+        return result
+
+    # ------------------------------------------------------------ loop side
+
+    def _submit(self, op: _Op, *args: Any) -> asyncio.Future[Any]:
+        if self._loop is None or self._thread is None:
+            raise StoreError("the SQLite store is not open")
+        if self._pending >= self._queue_max:
+            raise StoreOverloaded(f"{self._pending} SQLite operations are already queued")
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self._pending += 1
+        self._queue.put((op, args, future))
+        return future
+
+    def _resolve(
+        self, results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]
+    ) -> None:
+        self._pending -= len(results)
+        for future, value, error in results:
+            if future.cancelled():
+                continue
+            if error is None:
+                future.set_result(value)
+            else:
+                future.set_exception(error)
+
+    # ------------------------------------------------------------ worker thread
+
+    def _run(self, ready: asyncio.Future[None]) -> None:
+        loop = self._loop
+        assert loop is not None
+        assert self._stopped is not None
+        try:
+            conn = sqlite3.connect(
+                self._path, timeout=1.0, isolation_level=None, check_same_thread=False
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA locking_mode=EXCLUSIVE")
+            conn.executescript(_SCHEMA)
+            conn.execute("BEGIN IMMEDIATE")  # takes the exclusive lock now, not later
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            error = StoreError(f"cannot open SQLite store {self._path!r}: {exc}")
+            loop.call_soon_threadsafe(ready.set_exception, error)
+            loop.call_soon_threadsafe(self._stopped.set_result, None)
+            return
+        loop.call_soon_threadsafe(ready.set_result, None)
+        try:
+            self._serve(conn, loop)
+        finally:
+            conn.close()
+            loop.call_soon_threadsafe(self._stopped.set_result, None)
+
+    def _serve(self, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < self._batch_max:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            results = self._run_batch(conn, batch)
+            loop.call_soon_threadsafe(self._resolve, results)
+            if stop:
+                return
+
+    def _run_batch(
+        self, conn: sqlite3.Connection, batch: list[_Item]
+    ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for op, args, future in batch:
+                try:
+                    results.append((future, op(conn, *args), None))
+                except (UnknownChat, sqlite3.IntegrityError) as exc:
+                    results.append((future, None, exc))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.rollback()
+            self._offsets.clear()  # counters may be ahead of what was committed
+            error = StoreError(f"SQLite failed: {exc}")
+            return [(future, None, error) for _, _, future in batch]
+        return results
+
+    def _append(
+        self, conn: sqlite3.Connection, room_id: str, user_id: str, name: str, text: str, now: int
+    ) -> StoredMessage:
+        offset = self._last_offset(conn, room_id) + 1
+        (chat_id,) = conn.execute(
+            "INSERT INTO messages (room_id, offset, user_id, name, text, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?) RETURNING chat_id",
+            (room_id, offset, user_id, name, text, now),
+        ).fetchone()
+        self._offsets[room_id] = offset
+        return StoredMessage(str(chat_id), room_id, offset, user_id, name, text, 0, now)
+
+    def _vote(
+        self, conn: sqlite3.Connection, room_id: str, chat_id: str, user_id: str
+    ) -> int | None:
+        key = int(chat_id) if chat_id.isdigit() and len(chat_id) < 17 else -1
+        exists = conn.execute(
+            "SELECT 1 FROM messages WHERE chat_id = ? AND room_id = ?", (key, room_id)
+        ).fetchone()
+        if exists is None:
+            raise UnknownChat(chat_id)
+        cursor = conn.execute(
+            "INSERT OR IGNORE INTO votes (chat_id, user_id) VALUES (?, ?)", (key, user_id)
+        )
+        if cursor.rowcount == 0:
+            return None
+        (upvotes,) = conn.execute(
+            "UPDATE messages SET upvotes = upvotes + 1 WHERE chat_id = ? RETURNING upvotes",
+            (key,),
+        ).fetchone()
+        return int(upvotes)
+
+    def _history(
+        self, conn: sqlite3.Connection, room_id: str, limit: int, voter: str | None
+    ) -> HistoryPage:
+        rows = conn.execute(
+            f"SELECT {_COLUMNS} FROM messages WHERE room_id = ? ORDER BY offset DESC LIMIT ?",
+            (room_id, max(limit, 0)),
+        ).fetchall()
+        messages = [_row(r) for r in reversed(rows)]
+        voted: list[str] = []
+        if voter is not None and messages:
+            voted_ids = {
+                r[0]
+                for r in conn.execute(
+                    "SELECT v.chat_id FROM votes v JOIN messages m ON m.chat_id = v.chat_id"
+                    " WHERE m.room_id = ? AND v.user_id = ? AND m.offset >= ?",
+                    (room_id, voter, messages[0].offset),
+                )
+            }
+            voted = [m.chat_id for m in messages if int(m.chat_id) in voted_ids]
+        return HistoryPage(messages, self._last_offset(conn, room_id), voted)
+
+    def _last_offset(self, conn: sqlite3.Connection, room_id: str) -> int:
+        offset = self._offsets.get(room_id)
+        if offset is None:
+            (offset,) = conn.execute(
+                "SELECT COALESCE(MAX(offset), 0) FROM messages WHERE room_id = ?", (room_id,)
+            ).fetchone()
+            self._offsets[room_id] = offset
+        return int(offset)

@@ -1,0 +1,129 @@
+"""Settings: one dataclass, filled from defaults, then environment, then flags.
+
+Every limit is a setting here, with its environment variable and default documented in
+docs/configuration.md (the table there is checked against this file by a test).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+ENV_PREFIX = "ROOMCAST_"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Effective server settings. Field names are the flag names with `-` for `_`."""
+
+    host: str = field(default="127.0.0.1", metadata={"help": "address to listen on"})
+    port: int = field(default=8080, metadata={"help": "port for HTTP and WebSocket"})
+    store: str = field(
+        default="sqlite:///roomcast.db",
+        metadata={"help": "storage URL: sqlite:///PATH or memory://"},
+    )
+    history_size: int = field(
+        default=50, metadata={"help": "messages sent to a client right after it joins"}
+    )
+    history_max: int = field(
+        default=10_000, metadata={"help": "messages kept per room by the memory store"}
+    )
+    max_message_chars: int = field(
+        default=2_000, metadata={"help": "longest chat text accepted, in characters"}
+    )
+    max_frame_bytes: int = field(
+        default=65_536, metadata={"help": "largest WebSocket message accepted; over it: close 1009"}
+    )
+    max_rooms_per_connection: int = field(
+        default=100, metadata={"help": "rooms one connection may be in at once"}
+    )
+    max_queue_bytes: int = field(
+        default=2 * 1024 * 1024,
+        metadata={"help": "unsent bytes per connection before it is closed as slow (4008)"},
+    )
+    store_queue_max: int = field(
+        default=10_000, metadata={"help": "store operations waiting at once before 'overloaded'"}
+    )
+    ping_interval: float = field(
+        default=20.0, metadata={"help": "seconds between keepalive pings; 0 turns them off"}
+    )
+    shutdown_timeout: float = field(
+        default=5.0,
+        metadata={"help": "seconds to wait for clients to answer the closing handshake"},
+    )
+    backlog: int = field(default=1024, metadata={"help": "listen backlog for connection bursts"})
+    loop: str = field(default="auto", metadata={"help": "event loop: auto, uvloop or asyncio"})
+    log_level: str = field(default="info", metadata={"help": "debug, info, warning or error"})
+
+    def __post_init__(self) -> None:
+        for name in (
+            "history_max",
+            "max_message_chars",
+            "max_frame_bytes",
+            "max_rooms_per_connection",
+            "max_queue_bytes",
+            "store_queue_max",
+            "backlog",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.history_size < 0:
+            raise ValueError("history_size must be 0 or more")
+        if not 0 <= self.port <= 65535:
+            raise ValueError("port must be between 0 and 65535")
+        if self.ping_interval < 0:
+            raise ValueError("ping_interval must be 0 or more")
+        if self.loop not in ("auto", "uvloop", "asyncio"):
+            raise ValueError("loop must be auto, uvloop or asyncio")
+        if self.log_level not in ("debug", "info", "warning", "error"):
+            raise ValueError("log_level must be debug, info, warning or error")
+
+
+def env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def _convert(kind: Any, raw: str, name: str) -> Any:
+    try:
+        if kind in (int, "int"):
+            return int(raw)
+        if kind in (float, "float"):
+            return float(raw)
+    except ValueError:
+        raise ValueError(f"{env_name(name)}={raw!r} is not a number") from None
+    return raw
+
+
+def load(
+    overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Defaults, overridden by ROOMCAST_* environment variables, overridden by
+    `overrides` (the command-line flags that were given; None values are ignored)."""
+    environ = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        raw = environ.get(env_name(f.name))
+        if raw is not None and raw != "":
+            values[f.name] = _convert(f.type, raw, f.name)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = value
+    return Settings(**values)
+
+
+def describe() -> list[tuple[str, str, str, str]]:
+    """(flag, environment variable, default, help) for every setting."""
+    return [
+        (
+            "--" + f.name.replace("_", "-"),
+            env_name(f.name),
+            repr(f.default) if isinstance(f.default, str) else str(f.default),
+            str(f.metadata.get("help", "")),
+        )
+        for f in fields(Settings)
+    ]
+
+
+__all__ = ["Settings", "describe", "env_name", "load"]

@@ -1,0 +1,1 @@
+"""Pure protocol and room logic: no asyncio, no sockets, no storage."""

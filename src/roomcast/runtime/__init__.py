@@ -1,0 +1,1 @@
+"""The asyncio side: connections, outboxes, local fan-out, the HTTP/WebSocket server."""

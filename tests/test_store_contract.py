@@ -1,0 +1,180 @@
+"""One conformance suite for the Store port, run over every adapter."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from roomcast.adapters import UnsupportedURL, open_store
+from roomcast.adapters.memory import MemoryStore
+from roomcast.adapters.sqlite import SqliteStore
+from roomcast.core.errors import StoreError, StoreOverloaded, UnknownChat
+from roomcast.ports import Store
+
+Factory = Callable[[], Store]
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Factory:
+    if request.param == "memory":
+        return lambda: MemoryStore()
+    return lambda: SqliteStore(str(tmp_path / "rooms.db"))
+
+
+@pytest.fixture
+async def store(make_store: Factory) -> AsyncIterator[Store]:
+    s = make_store()
+    await s.open()
+    yield s
+    await s.close()
+
+
+async def test_offsets_count_from_one_per_room(store: Store) -> None:
+    """Each room's offsets start at 1 and grow by one; chat ids are unique digits < 2**53."""
+    a1 = await store.append("a", "u", "ann", "one")
+    b1 = await store.append("b", "u", "ann", "other room")
+    a2 = await store.append("a", "v", "vic", "two")
+    assert (a1.offset, a2.offset, b1.offset) == (1, 2, 1)
+    ids = [a1.chat_id, b1.chat_id, a2.chat_id]
+    assert len(set(ids)) == 3
+    assert all(i.isdigit() and int(i) < 2**53 for i in ids)
+    assert (a2.room_id, a2.user_id, a2.name, a2.text, a2.upvotes) == ("a", "v", "vic", "two", 0)
+    assert a2.created_at > 1_700_000_000_000
+
+
+async def test_concurrent_appends_complete_in_call_order(store: Store) -> None:
+    """Appends started together finish with offsets in the order they were started."""
+    results = await asyncio.gather(*(store.append("r", "u", "n", str(i)) for i in range(200)))
+    assert [m.offset for m in results] == list(range(1, 201))
+    assert [m.text for m in results] == [str(i) for i in range(200)]
+
+
+async def test_one_vote_per_user(store: Store) -> None:
+    """A user's second vote is not counted; another user's is."""
+    m = await store.append("r", "author", "a", "q")
+    assert await store.vote("r", m.chat_id, "x") == 1
+    assert await store.vote("r", m.chat_id, "x") is None
+    assert await store.vote("r", m.chat_id, "y") == 2
+
+
+async def test_concurrent_votes_never_double_count(store: Store) -> None:
+    """100 concurrent votes by one user count once; 100 users count 100."""
+    m = await store.append("r", "author", "a", "q")
+    same = await asyncio.gather(*(store.vote("r", m.chat_id, "one") for _ in range(100)))
+    assert sorted(v for v in same if v is not None) == [1]
+    many = await asyncio.gather(*(store.vote("r", m.chat_id, f"u{i}") for i in range(100)))
+    assert sorted(v for v in many if v is not None) == list(range(2, 102))
+
+
+async def test_vote_on_unknown_chat(store: Store) -> None:
+    """Votes for a missing id, or an id from another room, raise UnknownChat."""
+    m = await store.append("r", "author", "a", "q")
+    for room, chat in (("r", "424242"), ("other", m.chat_id), ("r", "not-a-number"), ("r", "-1")):
+        with pytest.raises(UnknownChat):
+            await store.vote(room, chat, "x")
+
+
+async def test_history_page(store: Store) -> None:
+    """History is the last N, oldest first, with votes, last offset and the voter's votes."""
+    assert await store.history("r", 10, voter="x") == await store.history("r", 10)
+    empty = await store.history("nothing", 10)
+    assert (empty.messages, empty.last_offset, empty.voted) == ([], 0, [])
+    msgs = [await store.append("r", "u", "n", f"m{i}") for i in range(5)]
+    await store.vote("r", msgs[3].chat_id, "x")
+    await store.vote("r", msgs[4].chat_id, "y")
+    page = await store.history("r", 3, voter="x")
+    assert [m.text for m in page.messages] == ["m2", "m3", "m4"]
+    assert [m.upvotes for m in page.messages] == [0, 1, 1]
+    assert page.last_offset == 5
+    assert page.voted == [msgs[3].chat_id]
+    assert (await store.history("r", 0)).messages == []
+    assert (await store.history("r", 10, voter=None)).voted == []
+
+
+async def test_close_is_idempotent(make_store: Factory) -> None:
+    """close() twice is fine."""
+    s = make_store()
+    await s.open()
+    await s.close()
+    await s.close()
+
+
+def test_open_store_by_url(tmp_path: Path) -> None:
+    """URLs pick the adapter; unknown schemes and malformed sqlite URLs are refused."""
+    assert isinstance(open_store("memory://"), MemoryStore)
+    assert isinstance(open_store(f"sqlite:///{tmp_path}/x.db"), SqliteStore)
+    assert isinstance(open_store("sqlite:///relative.db"), SqliteStore)
+    for bad in ("redis2://x", "sqlite://host/x.db", "sqlite:///", "nope"):
+        with pytest.raises(UnsupportedURL):
+            open_store(bad)
+
+
+# ------------------------------------------------------------------ adapter specifics
+
+
+async def test_sqlite_survives_reopen(tmp_path: Path) -> None:
+    """Messages, offsets and votes are still there after the store is reopened."""
+    path = str(tmp_path / "keep.db")
+    s = SqliteStore(path)
+    await s.open()
+    m = await s.append("r", "u", "n", "kept")
+    await s.vote("r", m.chat_id, "v")
+    await s.close()
+    s = SqliteStore(path)
+    await s.open()
+    page = await s.history("r", 10, voter="v")
+    assert [(x.text, x.upvotes) for x in page.messages] == [("kept", 1)]
+    assert page.voted == [m.chat_id]
+    nxt = await s.append("r", "u", "n", "next")
+    assert nxt.offset == 2
+    assert int(nxt.chat_id) > int(m.chat_id)
+    assert await s.vote("r", m.chat_id, "v") is None
+    await s.close()
+
+
+async def test_sqlite_refuses_a_second_process_on_the_same_file(tmp_path: Path) -> None:
+    """A second store on a file already open elsewhere fails to open, loudly."""
+    path = str(tmp_path / "one.db")
+    first = SqliteStore(path)
+    await first.open()
+    second = SqliteStore(path)
+    with pytest.raises(StoreError):
+        await second.open()
+    await first.close()
+
+
+async def test_sqlite_bounded_queue(tmp_path: Path) -> None:
+    """Past queue_max pending operations, calls fail at once with StoreOverloaded."""
+    s = SqliteStore(str(tmp_path / "q.db"), queue_max=5)
+    await s.open()
+    tasks = [asyncio.ensure_future(s.append("r", "u", "n", str(i))) for i in range(5)]
+    await asyncio.sleep(0)
+    with pytest.raises(StoreOverloaded):
+        await s.append("r", "u", "n", "one too many")
+    done = await asyncio.gather(*tasks)
+    assert [m.offset for m in done] == [1, 2, 3, 4, 5]
+    await s.close()
+
+
+async def test_sqlite_unopened_store_refuses() -> None:
+    """Using a SQLite store before open() raises StoreError, not a hang."""
+    with pytest.raises(StoreError):
+        await SqliteStore("unused.db").append("r", "u", "n", "x")
+
+
+async def test_memory_history_is_bounded() -> None:
+    """The memory store keeps only history_max messages per room; old ids become unknown."""
+    s = MemoryStore(history_max=3)
+    first = await s.append("r", "u", "n", "0")
+    for i in range(1, 5):
+        await s.append("r", "u", "n", str(i))
+    page = await s.history("r", 10)
+    assert [m.text for m in page.messages] == ["2", "3", "4"]
+    assert page.last_offset == 5
+    with pytest.raises(UnknownChat):
+        await s.vote("r", first.chat_id, "x")
+    with pytest.raises(ValueError, match="history_max"):
+        MemoryStore(history_max=0)
