@@ -1,0 +1,413 @@
+"""Fan-out load generator for the transport benchmark (picows clients, 127.0.0.1 only).
+
+Scenario: one room, R receivers + 1 sender. The sender sends SEND_MESSAGE at a fixed rate for
+warm-up + duration + tail seconds; each message text ends with a sequence number and the
+send time (``time.time_ns()``, comparable across processes), so receivers compute latency,
+lost and duplicated messages. Receivers are spread over N worker processes; the sender has
+its own process. During the measured window the main process reads the server's CPU time
+(utime + stime from /proc/PID/stat) and the generator's own, and prints one JSON object:
+
+* ``us_per_delivery`` = server CPU seconds * 1e6 / deliveries received in the window;
+* ``deliveries_per_s``, latency p50/p99/max (ms) of messages sent in the window;
+* ``lost`` / ``duplicates`` of those messages, summed over receivers;
+* ``gen_cpu_pct`` (sum over the generator's processes, % of one core) and ``invalid``
+  reasons (a generator process above 85 % of a core, or all of them above 85 % of the cores
+  they may run on; receivers that failed to connect; a sender behind its schedule).
+
+    python bench/transport/loadgen.py --port 8765 --server-pid 1234 --rate 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import queue
+import sys
+import time
+from array import array
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Event
+from typing import Any, cast
+
+import msgspec
+from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+
+TEXT = WSMsgType.TEXT
+CLOSE = WSMsgType.CLOSE
+ROOM = "bench"
+SENDER_ID = 999_999_999
+# Message text: "<padding> <seq:08d> <time_ns:019d>" (an ADD_CHAT frame of about 200 bytes).
+# It ends the "message" field, which ADD_CHAT follows with the sender's fixed name and upvotes,
+# so the 28-byte stamp sits at a fixed distance from the end of every frame.
+PADDING = "x" * 60
+SUFFIX = b'","name":"user' + str(SENDER_ID).encode() + b'","upvotes":0}}'
+STAMP = slice(-len(SUFFIX) - 28, -len(SUFFIX))
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+GEN_CPU_LIMIT = 85.0  # % of one core
+MAX_SENDER_LAG_MS = 100.0
+MAX_UNEXPECTED = 0.001  # share of frames that may be unparsable (e.g. server pings)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Shared schedule, in time.time_ns() units: message k is due at start_ns + k*period_ns."""
+
+    start_ns: int
+    period_ns: int
+    n_total: int  # messages sent: warm-up + window + tail
+    k0: int  # first sequence number sent inside the measured window
+    k1: int  # first one after it
+    t0: int  # measured window [t0, t1)
+    t1: int
+    listen_until: int
+
+
+def join_frame(user: int) -> bytes:
+    payload = {"name": f"user{user}", "userId": str(user), "roomId": ROOM}
+    return msgspec.json.encode({"type": "JOIN_ROOM", "payload": payload})
+
+
+class Receiver(WSListener):
+    """Keeps each frame's arrival time and stamp, nothing more: the generator is the
+    bottleneck of this benchmark, so all the accounting is done after the run (tally)."""
+
+    def __init__(self) -> None:
+        self.arrivals = array("q")
+        self.stamps: list[bytes] = []
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame, _now: Any = time.time_ns) -> None:
+        self.arrivals.append(_now())
+        self.stamps.append(frame.get_payload_as_bytes()[STAMP])
+
+
+def tally(listeners: list[Receiver], plan: Plan) -> dict[str, Any]:
+    """Deliveries in the window, latency of messages sent in it, lost and duplicated ones."""
+    window = lost = dups = unexpected = 0
+    latencies = array("q")
+    t0, t1, k0, k1 = plan.t0, plan.t1, plan.k0, plan.k1
+    for listener in listeners:
+        seen = bytearray(plan.n_total)
+        for arrived, stamp in zip(listener.arrivals, listener.stamps, strict=True):
+            try:
+                seq = int(stamp[:8])
+                sent = int(stamp[9:])
+                count = seen[seq]
+            except (ValueError, IndexError):
+                unexpected += 1
+                continue
+            if count < 255:
+                seen[seq] = count + 1
+            if t0 <= arrived < t1:
+                window += 1
+            if k0 <= seq < k1:
+                latencies.append(arrived - sent)
+        measured = seen[k0:k1]
+        lost += measured.count(0)
+        dups += sum(measured) - (len(measured) - measured.count(0))
+        listener.arrivals, listener.stamps = array("q"), []
+    return {
+        "window_deliveries": window,
+        "lost": lost,
+        "duplicates": dups,
+        "unexpected": unexpected,
+        "latencies": latencies,
+    }
+
+
+class Echo(WSListener):
+    """The sender's listener: its own echoes are deliveries too, and as the sender's process
+    is nearly idle, their latency shows the server's share of the receivers' latency."""
+
+    def __init__(self) -> None:
+        self.t0 = self.t1 = 0
+        self.window_deliveries = 0
+        self.latencies: list[int] = []
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        now = time.time_ns()
+        if frame.msg_type == TEXT and self.t0 <= now < self.t1:
+            self.window_deliveries += 1
+            self.latencies.append(now - int(frame.get_payload_as_bytes()[STAMP][9:]))
+        elif frame.msg_type == CLOSE:
+            transport.disconnect()
+
+
+async def get(queue: Queue[Any]) -> Any:
+    return await asyncio.get_running_loop().run_in_executor(None, queue.get)
+
+
+async def sleep_until(t_ns: int) -> None:
+    await asyncio.sleep(max(0.0, (t_ns - time.time_ns()) / 1e9))
+
+
+async def receivers(
+    idx: int, url: str, n: int, batch: int, go: Event, ctl: Queue[Any], out: Queue[Any]
+) -> None:
+    await asyncio.get_running_loop().run_in_executor(None, go.wait)
+    conns: list[tuple[WSTransport, Receiver]] = []
+    errors: list[str] = []
+    for start in range(0, n, batch):
+        size = min(batch, n - start)
+        results = await asyncio.gather(
+            *(ws_connect(Receiver, url) for _ in range(size)), return_exceptions=True
+        )
+        for res in results:
+            if isinstance(res, BaseException):
+                errors.append(repr(res))
+            else:
+                conns.append((res[0], cast(Receiver, res[1])))
+    for user, (transport, _) in enumerate(conns):
+        transport.send(TEXT, join_frame(idx * 1_000_000 + user))
+    out.put(("ready", idx, len(conns), errors[:3]))
+    plan: Plan = await get(ctl)
+    await sleep_until(plan.listen_until)
+    result = tally([listener for _, listener in conns], plan)
+    out.put(("result", idx, {"connected": len(conns), **result}))
+    await close_all([transport for transport, _ in conns])
+
+
+async def close_all(transports: list[WSTransport]) -> None:
+    """Close handshake (so servers log no errors), then drop what is still open."""
+    for transport in transports:
+        transport.send_close(WSCloseCode.OK)
+    waits = [asyncio.ensure_future(t.wait_disconnected()) for t in transports]
+    await asyncio.wait(waits, timeout=3.0)
+    for transport in transports:
+        transport.disconnect()
+
+
+async def sender(url: str, ctl: Queue[Any], out: Queue[Any]) -> None:
+    transport, listener = await ws_connect(Echo, url)
+    echo = cast(Echo, listener)
+    transport.send(TEXT, join_frame(SENDER_ID))
+    out.put(("ready", "sender", 1, []))
+    plan: Plan = await get(ctl)
+    echo.t0, echo.t1 = plan.t0, plan.t1
+    max_lag = 0
+    for k in range(plan.n_total):
+        due = plan.start_ns + k * plan.period_ns
+        if due > time.time_ns():
+            await sleep_until(due)
+        now = time.time_ns()
+        max_lag = max(max_lag, now - due)
+        text = f"{PADDING} {k:08d} {now:019d}"
+        payload = {"userId": str(SENDER_ID), "roomId": ROOM, "message": text}
+        transport.send(TEXT, msgspec.json.encode({"type": "SEND_MESSAGE", "payload": payload}))
+    await sleep_until(plan.listen_until)
+    echoes = sorted(echo.latencies)
+    result = {
+        "window_deliveries": echo.window_deliveries,
+        "max_lag_ms": max_lag / 1e6,
+        "echo_p50_ms": percentile(echoes, 0.5) / 1e6,
+        "echo_p99_ms": percentile(echoes, 0.99) / 1e6,
+    }
+    out.put(("result", "sender", result))
+    await close_all([transport])
+
+
+def run_loop(coro: Coroutine[Any, Any, None]) -> None:
+    import uvloop
+
+    uvloop.run(coro)
+
+
+def receiver_process(*args: Any) -> None:
+    run_loop(receivers(*args))
+
+
+def sender_process(*args: Any) -> None:
+    run_loop(sender(*args))
+
+
+def cpu_ticks(pid: int | str) -> int:
+    """utime + stime of a process (all its threads), in clock ticks."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+
+
+def percentile(sorted_values: list[int], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    return float(sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))])
+
+
+def collect(
+    out: Queue[Any], kind: str, keys: list[Any], deadline: float, procs: Sequence[BaseProcess]
+) -> dict[Any, Any]:
+    """Wait for one (kind, key, value...) message from each key; workers report in any order."""
+    got: dict[Any, Any] = {}
+    while len(got) < len(keys):
+        try:
+            msg = out.get(timeout=1.0)
+        except queue.Empty:
+            crashed = [p.pid for p in procs if p.exitcode not in (None, 0)]
+            if crashed or time.monotonic() > deadline:
+                raise RuntimeError(f"no {kind} from {keys} (crashed: {crashed})") from None
+            continue
+        if msg[0] != kind or msg[1] not in keys:
+            raise RuntimeError(f"expected {kind} from {keys}, got {msg[:2]}")
+        got[msg[1]] = msg[2:]
+    return got
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    url = f"ws://127.0.0.1:{args.port}/"
+    ctx = mp.get_context("spawn")
+    out: Queue[Any] = ctx.Queue()
+    shares = [
+        args.receivers // args.workers + (i < args.receivers % args.workers)
+        for i in range(args.workers)
+    ]
+    gos = [ctx.Event() for _ in shares]
+    ctls: list[Queue[Any]] = [ctx.Queue() for _ in range(args.workers + 1)]
+    procs = [
+        ctx.Process(
+            target=receiver_process,
+            args=(i, url, n, args.batch, gos[i], ctls[i], out),
+            daemon=True,
+        )
+        for i, n in enumerate(shares)
+    ]
+    procs.append(ctx.Process(target=sender_process, args=(url, ctls[-1], out), daemon=True))
+    invalid: list[str] = []
+    try:
+        for p in procs[:-1]:
+            p.start()
+        deadline = time.monotonic() + 120
+        connected = 0
+        for i, go in enumerate(gos):  # one worker at a time: batches never overlap
+            go.set()
+            n, errors = collect(out, "ready", [i], deadline, procs)[i]
+            connected += n
+            if errors:
+                invalid.append(f"worker {i}: {len(errors)}+ connect errors, e.g. {errors[0]}")
+        if connected < args.receivers:
+            invalid.append(f"only {connected}/{args.receivers} receivers connected")
+        procs[-1].start()
+        collect(out, "ready", ["sender"], deadline, procs)
+
+        period_ns = round(1e9 / args.rate)
+        start_ns = time.time_ns() + 500_000_000
+        k0 = round(args.warmup * args.rate)
+        k1 = k0 + round(args.duration * args.rate)
+        n_total = k1 + round(args.tail * args.rate)
+        t0 = start_ns + k0 * period_ns
+        t1 = start_ns + k1 * period_ns
+        plan = Plan(
+            start_ns,
+            period_ns,
+            n_total,
+            k0,
+            k1,
+            t0,
+            t1,
+            listen_until=start_ns + n_total * period_ns + int(args.drain * 1e9),
+        )
+        for ctl in ctls:
+            ctl.put(plan)
+
+        gen_pids = [os.getpid()] + [p.pid for p in procs if p.pid is not None]
+        time.sleep(max(0.0, (t0 - time.time_ns()) / 1e9))
+        a_ns, a_srv = time.time_ns(), cpu_ticks(args.server_pid)
+        a_gen = [cpu_ticks(pid) for pid in gen_pids]
+        time.sleep(max(0.0, (t1 - time.time_ns()) / 1e9))
+        b_ns, b_srv = time.time_ns(), cpu_ticks(args.server_pid)
+        b_gen = [cpu_ticks(pid) for pid in gen_pids]
+
+        deadline = time.monotonic() + (plan.listen_until - time.time_ns()) / 1e9 + 60
+        got = collect(out, "result", [*range(args.workers), "sender"], deadline, procs)
+        results = [got[i][0] for i in range(args.workers)]
+        sender_result = got["sender"][0]
+    finally:
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.terminate()  # SIGTERM to this worker's own pid
+                p.join()
+
+    elapsed = (b_ns - a_ns) / 1e9
+    server_cpu = (b_srv - a_srv) / CLK_TCK
+    gen_pct = [100.0 * (b - a) / CLK_TCK / elapsed for a, b in zip(a_gen, b_gen, strict=True)]
+    receiver_deliveries = sum(r["window_deliveries"] for r in results)
+    deliveries = receiver_deliveries + sender_result["window_deliveries"]
+    latencies = sorted(x for r in results for x in r["latencies"])
+    cores = len(os.sched_getaffinity(0))
+    if max(gen_pct) > GEN_CPU_LIMIT:
+        invalid.append(f"a generator process used {max(gen_pct):.0f}% of a core")
+    if sum(gen_pct) > GEN_CPU_LIMIT * cores:
+        invalid.append(f"generator used {sum(gen_pct):.0f}% of its {cores} core(s)")
+    if sender_result["max_lag_ms"] > MAX_SENDER_LAG_MS:
+        invalid.append(f"sender {sender_result['max_lag_ms']:.0f} ms behind schedule")
+    if deliveries == 0:
+        invalid.append("no deliveries in the window")
+    unexpected = sum(r["unexpected"] for r in results)
+    if unexpected > MAX_UNEXPECTED * max(1, deliveries):
+        invalid.append(f"{unexpected} unparsable frames")
+    return {
+        "receivers": args.receivers,
+        "connected": sum(r["connected"] for r in results),
+        "workers": args.workers,
+        "rate": args.rate,
+        "offered_deliveries_per_s": args.rate * (args.receivers + 1),
+        "window_s": elapsed,
+        "server_cpu_s": server_cpu,
+        "server_cpu_pct": 100.0 * server_cpu / elapsed,
+        "deliveries": deliveries,
+        "deliveries_per_s": deliveries / elapsed,
+        "us_per_delivery": server_cpu * 1e6 / deliveries if deliveries else None,
+        "latency_ms": {
+            "p50": percentile(latencies, 0.50) / 1e6,
+            "p99": percentile(latencies, 0.99) / 1e6,
+            "max": (latencies[-1] if latencies else float("nan")) / 1e6,
+        },
+        "expected": (plan.k1 - plan.k0) * sum(r["connected"] for r in results),
+        "lost": sum(r["lost"] for r in results),
+        "duplicates": sum(r["duplicates"] for r in results),
+        "unexpected_frames": unexpected,
+        "sender_max_lag_ms": sender_result["max_lag_ms"],
+        "sender_echo_latency_ms": {
+            "p50": sender_result["echo_p50_ms"],
+            "p99": sender_result["echo_p99_ms"],
+        },
+        "gen_cpu_pct": sum(gen_pct),
+        "gen_cpu_pct_per_process": gen_pct,
+        "gen_cores": cores,
+        "invalid": invalid,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--server-pid", type=int, required=True)
+    parser.add_argument("--receivers", type=int, default=1000)
+    parser.add_argument("--rate", type=float, default=200.0, help="messages per second")
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds")
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--tail", type=float, default=1.0, help="seconds sent after window")
+    parser.add_argument("--drain", type=float, default=2.0, help="seconds listened after")
+    parser.add_argument("--workers", type=int, default=1, help="receiver processes")
+    parser.add_argument("--batch", type=int, default=100, help="connections opened at once")
+    args = parser.parse_args()
+    result = run(args)
+    lat = result["latency_ms"]
+    invalid = "; ".join(result["invalid"])
+    print(
+        f"{result['us_per_delivery'] or float('nan'):.2f} us/delivery, "
+        f"{result['deliveries_per_s']:.0f} deliveries/s, p50 {lat['p50']:.1f} ms, "
+        f"p99 {lat['p99']:.1f} ms, lost {result['lost']}, dup {result['duplicates']}, "
+        f"gen {result['gen_cpu_pct']:.0f}%" + (f" INVALID: {invalid}" if invalid else ""),
+        file=sys.stderr,
+    )
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
