@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -26,5 +27,4 @@ async def connect(server: RoomcastServer) -> AsyncIterator[Callable[..., Awaitab
         return client
 
     yield make
-    for client in clients:
-        await client.close()
+    await asyncio.gather(*(client.close() for client in clients))

@@ -18,14 +18,24 @@ def timeout(seconds: float) -> float:
     return seconds * SCALE
 
 
+PRESENCE_TYPES = frozenset({"PRESENCE", "USER_JOINED", "USER_LEFT"})
+
+
 class Client:
-    """A real WebSocket client that speaks roomcast's JSON frames."""
+    """A real WebSocket client that speaks roomcast's JSON frames.
+
+    Presence frames (PRESENCE, USER_JOINED, USER_LEFT) are skipped by `expect` and
+    `expect_silence` unless a test asks for one by type, or sets `skip` to empty.
+    """
 
     def __init__(self, ws: ClientConnection) -> None:
         self.ws = ws
+        self.skip: frozenset[str] = PRESENCE_TYPES
 
     @classmethod
     async def connect(cls, url: str, **kwargs: Any) -> Client:
+        kwargs.setdefault("max_queue", None)  # tests often leave frames unread
+        kwargs.setdefault("close_timeout", timeout(2))
         ws = await websockets.connect(url, open_timeout=timeout(5), **kwargs)
         return cls(ws)
 
@@ -42,8 +52,10 @@ class Client:
         return message
 
     async def expect(self, kind: str, wait: float = 5) -> dict[str, Any]:
-        """The next frame, which must be of type `kind`; returns its payload."""
+        """The next frame (not skipped), which must be of type `kind`; returns its payload."""
         message = await self.recv(wait)
+        while message["type"] in self.skip and message["type"] != kind:
+            message = await self.recv(wait)
         assert message["type"] == kind, f"expected {kind}, got {message}"
         payload: dict[str, Any] = message["payload"]
         return payload
@@ -55,12 +67,17 @@ class Client:
         return payload
 
     async def expect_silence(self, wait: float = 0.3) -> None:
-        """Nothing arrives for `wait` seconds (not scaled: it is a lower bound)."""
-        try:
-            raw = await asyncio.wait_for(self.ws.recv(), wait)
-        except TimeoutError:
-            return
-        raise AssertionError(f"expected nothing, got {raw!r}")
+        """Nothing (but skipped types) arrives for `wait` seconds (a lower bound: not scaled)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while (left := deadline - loop.time()) > 0:
+            try:
+                raw = await asyncio.wait_for(self.ws.recv(), left)
+            except TimeoutError:
+                return
+            assert isinstance(raw, str)
+            if json.loads(raw)["type"] not in self.skip:
+                raise AssertionError(f"expected nothing, got {raw!r}")
 
     async def join(self, room: str | int, user: str | int, name: str = "user") -> dict[str, Any]:
         await self.send("JOIN_ROOM", name=name, userId=user, roomId=room)

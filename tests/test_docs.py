@@ -29,7 +29,7 @@ def test_protocol_doc_lists_every_code_and_message() -> None:
     for close in CloseCode:
         assert f"| {close.value} |" in text, close
     for kind in COMMAND_TYPES:
-        assert re.search(rf"### `{kind} ", text), kind
+        assert re.search(rf"### `{kind} |\| `{kind}` \|", text), kind
 
 
 def test_readme_commands_are_the_ci_commands() -> None:

@@ -55,18 +55,22 @@ async def test_concurrent_appends_complete_in_call_order(store: Store) -> None:
 async def test_one_vote_per_user(store: Store) -> None:
     """A user's second vote is not counted; another user's is."""
     m = await store.append("r", "author", "a", "q")
-    assert await store.vote("r", m.chat_id, "x") == 1
+    first = await store.vote("r", m.chat_id, "x")
+    assert first is not None
+    assert (first.chat_id, first.upvotes) == (m.chat_id, 1)
     assert await store.vote("r", m.chat_id, "x") is None
-    assert await store.vote("r", m.chat_id, "y") == 2
+    second = await store.vote("r", m.chat_id, "y")
+    assert second is not None
+    assert second.upvotes == 2
 
 
 async def test_concurrent_votes_never_double_count(store: Store) -> None:
     """100 concurrent votes by one user count once; 100 users count 100."""
     m = await store.append("r", "author", "a", "q")
     same = await asyncio.gather(*(store.vote("r", m.chat_id, "one") for _ in range(100)))
-    assert sorted(v for v in same if v is not None) == [1]
+    assert sorted(v.upvotes for v in same if v is not None) == [1]
     many = await asyncio.gather(*(store.vote("r", m.chat_id, f"u{i}") for i in range(100)))
-    assert sorted(v for v in many if v is not None) == list(range(2, 102))
+    assert sorted(v.upvotes for v in many if v is not None) == list(range(2, 102))
 
 
 async def test_vote_on_unknown_chat(store: Store) -> None:

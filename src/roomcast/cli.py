@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
+import secrets
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -51,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
 async def _serve(settings: Settings) -> int:
     from roomcast.runtime.server import RoomcastServer
 
+    generated = not settings.admin_token
+    if generated:
+        settings = dataclasses.replace(settings, admin_token=secrets.token_urlsafe(24))
     server = RoomcastServer(settings)
     try:
         await server.start()
@@ -67,6 +72,12 @@ async def _serve(settings: Settings) -> int:
         f"ws://{host}:{server.port}/ (store {settings.store}); Ctrl-C stops it",
         flush=True,
     )
+    if generated:
+        print(
+            f"admin token (generated; set ROOMCAST_ADMIN_TOKEN to choose one): "
+            f"{settings.admin_token}",
+            flush=True,
+        )
     try:
         await stop.wait()
     finally:

@@ -24,11 +24,26 @@ class Settings:
         default="sqlite:///roomcast.db",
         metadata={"help": "storage URL: sqlite:///PATH or memory://"},
     )
+    admin_token: str = field(
+        default="",
+        metadata={"help": "admin token; empty: a random one is generated and printed at start"},
+    )
+    rooms: str = field(
+        default="open",
+        metadata={"help": "open: joining creates a room; managed: only admin-created rooms"},
+    )
     history_size: int = field(
         default=50, metadata={"help": "messages sent to a client right after it joins"}
     )
     history_max: int = field(
         default=10_000, metadata={"help": "messages kept per room by the memory store"}
+    )
+    presence_list_max: int = field(
+        default=100, metadata={"help": "most member names listed in PRESENCE"}
+    )
+    presence_broadcast_max: int = field(
+        default=1_000,
+        metadata={"help": "rooms with more users than this send no USER_JOINED/USER_LEFT"},
     )
     max_message_chars: int = field(
         default=2_000, metadata={"help": "longest chat text accepted, in characters"}
@@ -60,6 +75,8 @@ class Settings:
     def __post_init__(self) -> None:
         for name in (
             "history_max",
+            "presence_list_max",
+            "presence_broadcast_max",
             "max_message_chars",
             "max_frame_bytes",
             "max_rooms_per_connection",
@@ -75,6 +92,8 @@ class Settings:
             raise ValueError("port must be between 0 and 65535")
         if self.ping_interval < 0:
             raise ValueError("ping_interval must be 0 or more")
+        if self.rooms not in ("open", "managed"):
+            raise ValueError("rooms must be open or managed")
         if self.loop not in ("auto", "uvloop", "asyncio"):
             raise ValueError("loop must be auto, uvloop or asyncio")
         if self.log_level not in ("debug", "info", "warning", "error"):

@@ -10,6 +10,8 @@ from typing import Protocol
 
 from msgspec import Struct
 
+from roomcast.core.rooms import RoomInfo
+
 
 class StoredMessage(Struct, frozen=True):
     """One chat message as stored. `offset` counts from 1 per room, without gaps."""
@@ -22,6 +24,7 @@ class StoredMessage(Struct, frozen=True):
     text: str
     upvotes: int
     created_at: int  # milliseconds since the Unix epoch
+    answered: bool = False
 
 
 class HistoryPage(Struct, frozen=True):
@@ -30,10 +33,11 @@ class HistoryPage(Struct, frozen=True):
     messages: list[StoredMessage]
     last_offset: int  # offset of the room's newest message; 0 when it has none
     voted: list[str]  # chat ids among `messages` the asking user voted on
+    alerts: list[StoredMessage] = []  # with alerts=True: claimed, unanswered alerts
 
 
 class Store(Protocol):
-    """Durable room history and votes.
+    """Durable rooms, room history, votes and mutes.
 
     Guarantees every adapter keeps:
 
@@ -41,9 +45,12 @@ class Store(Protocol):
       that is a decimal string below 2**53, unique across all rooms of this store. When
       `append` returns, the message is as durable as the adapter can make it; appends to
       one room that are started in some order complete, and return, in that order.
-    - `vote` records at most one vote per (chat_id, user_id): it returns the new count
-      when the vote was counted and None when that user had already voted. It raises
-      `UnknownChat` when no message with that id exists in that room.
+    - `vote` records at most one vote per (chat_id, user_id) and returns the updated
+      message, or None when that user had already voted; `unvote` removes it, or returns
+      None when there was none. Concurrent calls never double-count.
+    - Every method that names a message raises `UnknownChat` when no message with that
+      id exists in that room (deleted messages do not exist).
+    - `claim_alert` returns True exactly once per message, to the first caller.
     - `history` returns the last `limit` messages of a room, oldest first, with their
       current vote counts, the room's last offset and the voter's own votes, in one
       atomic read, so a joiner neither misses nor doubles a message.
@@ -60,17 +67,61 @@ class Store(Protocol):
         """Finish pending writes and release resources; idempotent."""
         ...
 
+    # ------------------------------------------------------------ messages
+
     async def append(self, room_id: str, user_id: str, name: str, text: str) -> StoredMessage:
         """Store a new message at the end of the room's history."""
         ...
 
-    async def vote(self, room_id: str, chat_id: str, user_id: str) -> int | None:
+    async def vote(self, room_id: str, chat_id: str, user_id: str) -> StoredMessage | None:
         """Count one vote by `user_id`; None if that user had voted already."""
         ...
 
-    async def history(self, room_id: str, limit: int, voter: str | None = None) -> HistoryPage:
-        """The last `limit` messages of the room, oldest first, read atomically with
-        the room's last offset and (when `voter` is given) the ids among them that
-        `voter` has voted on. An append that completes before this call started is in
-        the page; one started after it completes after it."""
+    async def unvote(self, room_id: str, chat_id: str, user_id: str) -> StoredMessage | None:
+        """Withdraw `user_id`'s vote; None if that user had not voted."""
+        ...
+
+    async def mark_answered(self, room_id: str, chat_id: str) -> StoredMessage:
+        """Flag a message as answered (idempotent)."""
+        ...
+
+    async def delete_message(self, room_id: str, chat_id: str) -> None:
+        """Remove a message and its votes from the history."""
+        ...
+
+    async def claim_alert(self, room_id: str, chat_id: str) -> bool:
+        """True the first time it is called for a message, False ever after."""
+        ...
+
+    async def history(
+        self, room_id: str, limit: int, voter: str | None = None, alerts: bool = False
+    ) -> HistoryPage:
+        """The last `limit` messages of the room, oldest first (see the class doc); with
+        `alerts`, also every message whose alert was claimed and that is not answered."""
+        ...
+
+    # ------------------------------------------------------------ rooms and mutes
+
+    async def create_room(self, room: RoomInfo) -> RoomInfo:
+        """Store a new room; raises `RoomExists` if the id is taken."""
+        ...
+
+    async def update_room(self, room: RoomInfo) -> None:
+        """Replace a room's settings; raises `UnknownRoom` if it does not exist."""
+        ...
+
+    async def get_room(self, room_id: str) -> RoomInfo | None:
+        """A room's settings, or None."""
+        ...
+
+    async def list_rooms(self) -> list[RoomInfo]:
+        """Every room, oldest first."""
+        ...
+
+    async def set_mute(self, room_id: str, user_id: str, until_ms: int) -> None:
+        """`user_id` may not send or vote in the room before `until_ms`."""
+        ...
+
+    async def mutes(self, room_id: str) -> dict[str, int]:
+        """user id -> muted-until (ms) for the room's mutes."""
         ...

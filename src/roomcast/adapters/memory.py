@@ -7,15 +7,34 @@ from collections import deque
 
 import msgspec
 
-from roomcast.core.errors import UnknownChat
+from roomcast.core.errors import RoomExists, UnknownChat, UnknownRoom
+from roomcast.core.rooms import RoomInfo
 from roomcast.ports import HistoryPage, StoredMessage
 
 
+class _Chat:
+    """Mutable bookkeeping for one message."""
+
+    __slots__ = ("alerted", "answered", "deleted", "message", "voters")
+
+    def __init__(self, message: StoredMessage) -> None:
+        self.message = message
+        self.voters: set[str] = set()
+        self.answered = False
+        self.alerted = False
+        self.deleted = False
+
+    def snapshot(self) -> StoredMessage:
+        return msgspec.structs.replace(
+            self.message, upvotes=len(self.voters), answered=self.answered
+        )
+
+
 class _Room:
-    __slots__ = ("last_offset", "messages")
+    __slots__ = ("chats", "last_offset")
 
     def __init__(self, history_max: int) -> None:
-        self.messages: deque[StoredMessage] = deque(maxlen=history_max)
+        self.chats: deque[_Chat] = deque(maxlen=history_max)
         self.last_offset = 0
 
 
@@ -27,8 +46,9 @@ class MemoryStore:
             raise ValueError("history_max must be at least 1")
         self._history_max = history_max
         self._rooms: dict[str, _Room] = {}
-        self._chats: dict[str, StoredMessage] = {}
-        self._votes: dict[str, set[str]] = {}
+        self._chats: dict[str, _Chat] = {}
+        self._infos: dict[str, RoomInfo] = {}
+        self._mutes: dict[str, dict[str, int]] = {}
         self._next_chat_id = 1
 
     async def open(self) -> None:
@@ -37,46 +57,91 @@ class MemoryStore:
     async def close(self) -> None:
         return None
 
+    # ------------------------------------------------------------ messages
+
     async def append(self, room_id: str, user_id: str, name: str, text: str) -> StoredMessage:
         room = self._rooms.get(room_id)
         if room is None:
             room = self._rooms[room_id] = _Room(self._history_max)
-        if len(room.messages) == self._history_max:
-            evicted = room.messages[0]
-            self._chats.pop(evicted.chat_id, None)
-            self._votes.pop(evicted.chat_id, None)
+        if len(room.chats) == self._history_max:
+            self._chats.pop(room.chats[0].message.chat_id, None)
         room.last_offset += 1
         chat_id = str(self._next_chat_id)
         self._next_chat_id += 1
-        message = StoredMessage(
-            chat_id, room_id, room.last_offset, user_id, name, text, 0, int(time.time() * 1000)
-        )
-        room.messages.append(message)
-        self._chats[chat_id] = message
-        return message
+        now = int(time.time() * 1000)
+        chat = _Chat(StoredMessage(chat_id, room_id, room.last_offset, user_id, name, text, 0, now))
+        room.chats.append(chat)
+        self._chats[chat_id] = chat
+        return chat.message
 
-    async def vote(self, room_id: str, chat_id: str, user_id: str) -> int | None:
-        message = self._chats.get(chat_id)
-        if message is None or message.room_id != room_id:
+    def _chat(self, room_id: str, chat_id: str) -> _Chat:
+        chat = self._chats.get(chat_id)
+        if chat is None or chat.deleted or chat.message.room_id != room_id:
             raise UnknownChat(chat_id)
-        voters = self._votes.setdefault(chat_id, set())
-        if user_id in voters:
-            return None
-        voters.add(user_id)
-        return len(voters)
+        return chat
 
-    async def history(self, room_id: str, limit: int, voter: str | None = None) -> HistoryPage:
+    async def vote(self, room_id: str, chat_id: str, user_id: str) -> StoredMessage | None:
+        chat = self._chat(room_id, chat_id)
+        if user_id in chat.voters:
+            return None
+        chat.voters.add(user_id)
+        return chat.snapshot()
+
+    async def unvote(self, room_id: str, chat_id: str, user_id: str) -> StoredMessage | None:
+        chat = self._chat(room_id, chat_id)
+        if user_id not in chat.voters:
+            return None
+        chat.voters.discard(user_id)
+        return chat.snapshot()
+
+    async def mark_answered(self, room_id: str, chat_id: str) -> StoredMessage:
+        chat = self._chat(room_id, chat_id)
+        chat.answered = True
+        return chat.snapshot()
+
+    async def delete_message(self, room_id: str, chat_id: str) -> None:
+        self._chat(room_id, chat_id).deleted = True
+        del self._chats[chat_id]
+
+    async def claim_alert(self, room_id: str, chat_id: str) -> bool:
+        chat = self._chat(room_id, chat_id)
+        first = not chat.alerted
+        chat.alerted = True
+        return first
+
+    async def history(
+        self, room_id: str, limit: int, voter: str | None = None, alerts: bool = False
+    ) -> HistoryPage:
         room = self._rooms.get(room_id)
         if room is None:
             return HistoryPage([], 0, [])
-        tail = list(room.messages)[-limit:] if limit > 0 else []
-        voted = [
-            m.chat_id for m in tail if voter is not None and voter in self._votes.get(m.chat_id, ())
-        ]
-        return HistoryPage([self._with_votes(m) for m in tail], room.last_offset, voted)
+        live = [c for c in room.chats if not c.deleted]
+        tail = live[-limit:] if limit > 0 else []
+        voted = [c.message.chat_id for c in tail if voter is not None and voter in c.voters]
+        pending = [c.snapshot() for c in live if c.alerted and not c.answered] if alerts else []
+        return HistoryPage([c.snapshot() for c in tail], room.last_offset, voted, pending)
 
-    def _with_votes(self, message: StoredMessage) -> StoredMessage:
-        votes = len(self._votes.get(message.chat_id, ()))
-        if votes == message.upvotes:
-            return message
-        return msgspec.structs.replace(message, upvotes=votes)
+    # ------------------------------------------------------------ rooms and mutes
+
+    async def create_room(self, room: RoomInfo) -> RoomInfo:
+        if room.room_id in self._infos:
+            raise RoomExists(room.room_id)
+        self._infos[room.room_id] = room
+        return room
+
+    async def update_room(self, room: RoomInfo) -> None:
+        if room.room_id not in self._infos:
+            raise UnknownRoom(room.room_id)
+        self._infos[room.room_id] = room
+
+    async def get_room(self, room_id: str) -> RoomInfo | None:
+        return self._infos.get(room_id)
+
+    async def list_rooms(self) -> list[RoomInfo]:
+        return sorted(self._infos.values(), key=lambda r: (r.created_at, r.room_id))
+
+    async def set_mute(self, room_id: str, user_id: str, until_ms: int) -> None:
+        self._mutes.setdefault(room_id, {})[user_id] = until_ms
+
+    async def mutes(self, room_id: str) -> dict[str, int]:
+        return dict(self._mutes.get(room_id, {}))

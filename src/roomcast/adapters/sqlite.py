@@ -22,7 +22,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from roomcast.core.errors import StoreError, StoreOverloaded, UnknownChat
+import msgspec
+
+from roomcast.core.errors import (
+    RoomExists,
+    StoreError,
+    StoreOverloaded,
+    UnknownChat,
+    UnknownRoom,
+)
+from roomcast.core.rooms import RoomInfo
 from roomcast.ports import HistoryPage, StoredMessage
 
 _SCHEMA = """
@@ -35,8 +44,27 @@ CREATE TABLE IF NOT EXISTS messages (
     text       TEXT    NOT NULL,
     upvotes    INTEGER NOT NULL DEFAULT 0,
     created_at INTEGER NOT NULL,
+    answered   INTEGER NOT NULL DEFAULT 0,
+    alerted    INTEGER NOT NULL DEFAULT 0,
     UNIQUE (room_id, offset)
 );
+CREATE TABLE IF NOT EXISTS rooms (
+    room_id          TEXT PRIMARY KEY,
+    name             TEXT    NOT NULL,
+    start_time       INTEGER,
+    is_open          INTEGER NOT NULL,
+    cooldown_seconds REAL    NOT NULL,
+    medium_threshold INTEGER NOT NULL,
+    high_threshold   INTEGER NOT NULL,
+    created_at       INTEGER NOT NULL,
+    managed          INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS mutes (
+    room_id TEXT    NOT NULL,
+    user_id TEXT    NOT NULL,
+    until   INTEGER NOT NULL,
+    PRIMARY KEY (room_id, user_id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS votes (
     chat_id INTEGER NOT NULL,
     user_id TEXT    NOT NULL,
@@ -44,14 +72,32 @@ CREATE TABLE IF NOT EXISTS votes (
 ) WITHOUT ROWID;
 """
 
-_COLUMNS = "chat_id, room_id, offset, user_id, name, text, upvotes, created_at"
+_COLUMNS = "chat_id, room_id, offset, user_id, name, text, upvotes, created_at, answered"
+_ROOM_COLUMNS = (
+    "room_id, name, start_time, is_open, cooldown_seconds, medium_threshold,"
+    " high_threshold, created_at, managed"
+)
 
 _Op = Callable[..., Any]
 _Item = tuple[_Op, tuple[Any, ...], "asyncio.Future[Any]"]
 
 
 def _row(row: tuple[Any, ...]) -> StoredMessage:
-    return StoredMessage(str(row[0]), *row[1:])
+    chat_id, room_id, offset, user_id, name, text, upvotes, created_at, answered = row
+    return StoredMessage(
+        str(chat_id), room_id, offset, user_id, name, text, upvotes, created_at, bool(answered)
+    )
+
+
+def _room(row: tuple[Any, ...]) -> RoomInfo:
+    return RoomInfo(
+        row[0], row[1], row[2], bool(row[3]), row[4], row[5], row[6], row[7], bool(row[8])
+    )
+
+
+def _key(chat_id: str) -> int:
+    """The integer primary key of a chat id; -1 (never used) for anything else."""
+    return int(chat_id) if chat_id.isdigit() and len(chat_id) < 17 else -1
 
 
 class SqliteStore:
@@ -95,12 +141,51 @@ class SqliteStore:
         )
         return result
 
-    async def vote(self, room_id: str, chat_id: str, user_id: str) -> int | None:
-        result: int | None = await self._submit(self._vote, room_id, chat_id, user_id)
+    async def vote(self, room_id: str, chat_id: str, user_id: str) -> StoredMessage | None:
+        result: StoredMessage | None = await self._submit(self._vote, room_id, chat_id, user_id, 1)
         return result
 
-    async def history(self, room_id: str, limit: int, voter: str | None = None) -> HistoryPage:
-        result: HistoryPage = await self._submit(self._history, room_id, limit, voter)
+    async def unvote(self, room_id: str, chat_id: str, user_id: str) -> StoredMessage | None:
+        result: StoredMessage | None = await self._submit(self._vote, room_id, chat_id, user_id, -1)
+        return result
+
+    async def mark_answered(self, room_id: str, chat_id: str) -> StoredMessage:
+        result: StoredMessage = await self._submit(self._mark_answered, room_id, chat_id)
+        return result
+
+    async def delete_message(self, room_id: str, chat_id: str) -> None:
+        await self._submit(self._delete, room_id, chat_id)
+
+    async def claim_alert(self, room_id: str, chat_id: str) -> bool:
+        result: bool = await self._submit(self._claim_alert, room_id, chat_id)
+        return result
+
+    async def history(
+        self, room_id: str, limit: int, voter: str | None = None, alerts: bool = False
+    ) -> HistoryPage:
+        result: HistoryPage = await self._submit(self._history, room_id, limit, voter, alerts)
+        return result
+
+    async def create_room(self, room: RoomInfo) -> RoomInfo:
+        await self._submit(self._create_room, room)
+        return room
+
+    async def update_room(self, room: RoomInfo) -> None:
+        await self._submit(self._update_room, room)
+
+    async def get_room(self, room_id: str) -> RoomInfo | None:
+        result: RoomInfo | None = await self._submit(self._get_room, room_id)
+        return result
+
+    async def list_rooms(self) -> list[RoomInfo]:
+        result: list[RoomInfo] = await self._submit(self._list_rooms)
+        return result
+
+    async def set_mute(self, room_id: str, user_id: str, until_ms: int) -> None:
+        await self._submit(self._set_mute, room_id, user_id, until_ms)
+
+    async def mutes(self, room_id: str) -> dict[str, int]:
+        result: dict[str, int] = await self._submit(self._mutes, room_id)
         return result
 
     # ------------------------------------------------------------ loop side
@@ -185,7 +270,7 @@ class SqliteStore:
             for op, args, future in batch:
                 try:
                     results.append((future, op(conn, *args), None))
-                except (UnknownChat, sqlite3.IntegrityError) as exc:
+                except (UnknownChat, UnknownRoom, RoomExists) as exc:
                     results.append((future, None, exc))
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -206,30 +291,99 @@ class SqliteStore:
             (room_id, offset, user_id, name, text, now),
         ).fetchone()
         self._offsets[room_id] = offset
-        return StoredMessage(str(chat_id), room_id, offset, user_id, name, text, 0, now)
+        return StoredMessage(str(chat_id), room_id, offset, user_id, name, text, 0, now, False)
+
+    def _message(self, conn: sqlite3.Connection, room_id: str, chat_id: str) -> StoredMessage:
+        row = conn.execute(
+            f"SELECT {_COLUMNS} FROM messages WHERE chat_id = ? AND room_id = ?",
+            (_key(chat_id), room_id),
+        ).fetchone()
+        if row is None:
+            raise UnknownChat(chat_id)
+        return _row(row)
 
     def _vote(
-        self, conn: sqlite3.Connection, room_id: str, chat_id: str, user_id: str
-    ) -> int | None:
-        key = int(chat_id) if chat_id.isdigit() and len(chat_id) < 17 else -1
-        exists = conn.execute(
-            "SELECT 1 FROM messages WHERE chat_id = ? AND room_id = ?", (key, room_id)
-        ).fetchone()
-        if exists is None:
-            raise UnknownChat(chat_id)
+        self, conn: sqlite3.Connection, room_id: str, chat_id: str, user_id: str, delta: int
+    ) -> StoredMessage | None:
+        self._message(conn, room_id, chat_id)
+        key = _key(chat_id)
+        if delta > 0:
+            sql = "INSERT OR IGNORE INTO votes (chat_id, user_id) VALUES (?, ?)"
+        else:
+            sql = "DELETE FROM votes WHERE chat_id = ? AND user_id = ?"
+        if conn.execute(sql, (key, user_id)).rowcount == 0:
+            return None
+        conn.execute("UPDATE messages SET upvotes = upvotes + ? WHERE chat_id = ?", (delta, key))
+        return self._message(conn, room_id, chat_id)
+
+    def _mark_answered(self, conn: sqlite3.Connection, room_id: str, chat_id: str) -> StoredMessage:
+        self._message(conn, room_id, chat_id)
+        conn.execute("UPDATE messages SET answered = 1 WHERE chat_id = ?", (_key(chat_id),))
+        return self._message(conn, room_id, chat_id)
+
+    def _delete(self, conn: sqlite3.Connection, room_id: str, chat_id: str) -> None:
+        self._message(conn, room_id, chat_id)
+        conn.execute("DELETE FROM votes WHERE chat_id = ?", (_key(chat_id),))
+        conn.execute("DELETE FROM messages WHERE chat_id = ?", (_key(chat_id),))
+
+    def _claim_alert(self, conn: sqlite3.Connection, room_id: str, chat_id: str) -> bool:
+        self._message(conn, room_id, chat_id)
         cursor = conn.execute(
-            "INSERT OR IGNORE INTO votes (chat_id, user_id) VALUES (?, ?)", (key, user_id)
+            "UPDATE messages SET alerted = 1 WHERE chat_id = ? AND alerted = 0", (_key(chat_id),)
+        )
+        return cursor.rowcount == 1
+
+    def _pending_alerts(self, conn: sqlite3.Connection, room_id: str) -> list[StoredMessage]:
+        rows = conn.execute(
+            f"SELECT {_COLUMNS} FROM messages WHERE room_id = ? AND alerted = 1 AND answered = 0"
+            " ORDER BY offset",
+            (room_id,),
+        ).fetchall()
+        return [_row(r) for r in rows]
+
+    def _create_room(self, conn: sqlite3.Connection, room: RoomInfo) -> None:
+        try:
+            conn.execute(
+                f"INSERT INTO rooms ({_ROOM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                msgspec.structs.astuple(room),
+            )
+        except sqlite3.IntegrityError:
+            raise RoomExists(room.room_id) from None
+
+    def _update_room(self, conn: sqlite3.Connection, room: RoomInfo) -> None:
+        values = msgspec.structs.astuple(room)
+        cursor = conn.execute(
+            "UPDATE rooms SET name = ?, start_time = ?, is_open = ?, cooldown_seconds = ?,"
+            " medium_threshold = ?, high_threshold = ?, created_at = ?, managed = ?"
+            " WHERE room_id = ?",
+            (*values[1:], values[0]),
         )
         if cursor.rowcount == 0:
-            return None
-        (upvotes,) = conn.execute(
-            "UPDATE messages SET upvotes = upvotes + 1 WHERE chat_id = ? RETURNING upvotes",
-            (key,),
+            raise UnknownRoom(room.room_id)
+
+    def _get_room(self, conn: sqlite3.Connection, room_id: str) -> RoomInfo | None:
+        row = conn.execute(
+            f"SELECT {_ROOM_COLUMNS} FROM rooms WHERE room_id = ?", (room_id,)
         ).fetchone()
-        return int(upvotes)
+        return None if row is None else _room(row)
+
+    def _list_rooms(self, conn: sqlite3.Connection) -> list[RoomInfo]:
+        rows = conn.execute(f"SELECT {_ROOM_COLUMNS} FROM rooms ORDER BY created_at, room_id")
+        return [_room(r) for r in rows]
+
+    def _set_mute(self, conn: sqlite3.Connection, room_id: str, user_id: str, until: int) -> None:
+        conn.execute(
+            "INSERT INTO mutes (room_id, user_id, until) VALUES (?, ?, ?)"
+            " ON CONFLICT (room_id, user_id) DO UPDATE SET until = excluded.until",
+            (room_id, user_id, until),
+        )
+
+    def _mutes(self, conn: sqlite3.Connection, room_id: str) -> dict[str, int]:
+        rows = conn.execute("SELECT user_id, until FROM mutes WHERE room_id = ?", (room_id,))
+        return {user: until for user, until in rows}
 
     def _history(
-        self, conn: sqlite3.Connection, room_id: str, limit: int, voter: str | None
+        self, conn: sqlite3.Connection, room_id: str, limit: int, voter: str | None, alerts: bool
     ) -> HistoryPage:
         rows = conn.execute(
             f"SELECT {_COLUMNS} FROM messages WHERE room_id = ? ORDER BY offset DESC LIMIT ?",
@@ -247,7 +401,8 @@ class SqliteStore:
                 )
             }
             voted = [m.chat_id for m in messages if int(m.chat_id) in voted_ids]
-        return HistoryPage(messages, self._last_offset(conn, room_id), voted)
+        pending = self._pending_alerts(conn, room_id) if alerts else []
+        return HistoryPage(messages, self._last_offset(conn, room_id), voted, pending)
 
     def _last_offset(self, conn: sqlite3.Connection, room_id: str) -> int:
         offset = self._offsets.get(room_id)

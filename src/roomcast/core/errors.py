@@ -23,6 +23,14 @@ class ErrorCode(StrEnum):
     USER_MISMATCH = "user_mismatch"  # payload userId differs from the connection's user
     UNKNOWN_CHAT = "unknown_chat"  # no message with that chatId in that room
     TOO_MANY_ROOMS = "too_many_rooms"  # connection is in the maximum number of rooms
+    UNAUTHORIZED = "unauthorized"  # AUTH with a wrong or missing token
+    FORBIDDEN = "forbidden"  # an admin-only action by a non-admin connection
+    ROOM_NOT_FOUND = "room_not_found"  # managed rooms: the room does not exist
+    ROOM_EXISTS = "room_exists"  # CREATE_ROOM for an id that is taken
+    ROOM_NOT_STARTED = "room_not_started"  # send before the room's startTime
+    ROOM_CLOSED = "room_closed"  # send or vote in a closed (read-only) room
+    COOLDOWN = "cooldown"  # slow mode: too soon after this user's last message
+    MUTED = "muted"  # an admin muted this user in this room
     OVERLOADED = "overloaded"  # server-side: the store queue is full; retry later
     UNAVAILABLE = "unavailable"  # server-side: storage failed; nothing was posted
     INTERNAL_ERROR = "internal_error"  # server-side: a bug; the connection stays usable
@@ -44,10 +52,11 @@ class RoomcastError(Exception):
 class ClientError(RoomcastError):
     """The peer sent something we refuse; carries the code sent back in ERROR."""
 
-    def __init__(self, code: ErrorCode, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str, **details: str | int) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.details = details  # extra ERROR payload fields, e.g. retryAfterMs
 
 
 class StoreError(RoomcastError):
@@ -59,4 +68,12 @@ class StoreOverloaded(StoreError):
 
 
 class UnknownChat(RoomcastError):
-    """A vote named a chatId that does not exist in that room."""
+    """A chatId that does not exist in that room."""
+
+
+class UnknownRoom(RoomcastError):
+    """A room id that does not exist."""
+
+
+class RoomExists(RoomcastError):
+    """A room id that is already taken."""

@@ -10,10 +10,11 @@ Infinity, out-of-range numbers and lone surrogates, so nothing a browser's
 
 from __future__ import annotations
 
-from typing import Annotated, Final
+from collections.abc import Mapping
+from typing import Annotated, Any, Final
 
 import msgspec
-from msgspec import Meta, Raw, Struct
+from msgspec import UNSET, Meta, Raw, Struct, UnsetType
 
 from roomcast.core.errors import ClientError, ErrorCode
 
@@ -64,13 +65,97 @@ class LeaveRoom(Struct, frozen=True):
     userId: IdIn | None = None
 
 
-Command = JoinRoom | SendMessage | UpvoteMessage | LeaveRoom
+class UnvoteMessage(Struct, frozen=True):
+    """UNVOTE_MESSAGE: withdraw this user's vote."""
+
+    userId: IdIn
+    roomId: IdIn
+    chatId: IdIn
+
+
+class Auth(Struct, frozen=True):
+    """AUTH: present a token (the admin token) on an open connection."""
+
+    token: Annotated[str, Meta(max_length=4096)]
+
+
+Threshold = Annotated[int, Meta(ge=1, le=1_000_000)]
+Cooldown = Annotated[float, Meta(ge=0, le=86_400)]
+IsoTime = Annotated[str, Meta(max_length=64)]
+
+
+class CreateRoom(Struct, frozen=True):
+    """CREATE_ROOM (admin): a new room; omitted fields take their defaults."""
+
+    name: NameIn
+    roomId: IdIn | None = None
+    startTime: IsoTime | None = None
+    isOpen: bool = True
+    cooldownSeconds: Cooldown = 0.0
+    mediumThreshold: Threshold = 3
+    highThreshold: Threshold = 10
+
+
+class UpdateRoom(Struct, frozen=True):
+    """UPDATE_ROOM (admin): change only the fields that are present."""
+
+    roomId: IdIn
+    name: NameIn | UnsetType = UNSET
+    startTime: IsoTime | UnsetType | None = UNSET  # null clears the start time
+    isOpen: bool | UnsetType = UNSET
+    cooldownSeconds: Cooldown | UnsetType = UNSET
+    mediumThreshold: Threshold | UnsetType = UNSET
+    highThreshold: Threshold | UnsetType = UNSET
+
+
+class MarkAnswered(Struct, frozen=True):
+    """MARK_ANSWERED (admin)."""
+
+    roomId: IdIn
+    chatId: IdIn
+
+
+class DeleteChat(Struct, frozen=True):
+    """DELETE_CHAT (admin)."""
+
+    roomId: IdIn
+    chatId: IdIn
+
+
+class MuteUser(Struct, frozen=True):
+    """MUTE_USER (admin): no sending or voting in the room for `seconds` (0 unmutes)."""
+
+    roomId: IdIn
+    userId: IdIn
+    seconds: Annotated[float, Meta(ge=0, le=365 * 86_400)]
+
+
+Command = (
+    JoinRoom
+    | SendMessage
+    | UpvoteMessage
+    | UnvoteMessage
+    | LeaveRoom
+    | Auth
+    | CreateRoom
+    | UpdateRoom
+    | MarkAnswered
+    | DeleteChat
+    | MuteUser
+)
 
 COMMAND_TYPES: Final[dict[str, type[Command]]] = {
     "JOIN_ROOM": JoinRoom,
     "SEND_MESSAGE": SendMessage,
     "UPVOTE_MESSAGE": UpvoteMessage,
+    "UNVOTE_MESSAGE": UnvoteMessage,
     "LEAVE_ROOM": LeaveRoom,
+    "AUTH": Auth,
+    "CREATE_ROOM": CreateRoom,
+    "UPDATE_ROOM": UpdateRoom,
+    "MARK_ANSWERED": MarkAnswered,
+    "DELETE_CHAT": DeleteChat,
+    "MUTE_USER": MuteUser,
 }
 
 
@@ -126,6 +211,8 @@ class ChatOut(Struct, frozen=True):
     name: str
     message: str
     upvotes: int
+    priority: str  # normal | medium | high
+    answered: bool
     createdAt: int  # milliseconds since the Unix epoch
 
 
@@ -133,6 +220,20 @@ class UpdateChatOut(Struct, frozen=True):
     chatId: str
     roomId: str
     upvotes: int
+    priority: str
+    answered: bool
+
+
+class RoomOut(Struct, frozen=True):
+    roomId: str
+    name: str
+    startTime: str | None
+    isOpen: bool
+    cooldownSeconds: float
+    mediumThreshold: int
+    highThreshold: int
+    state: str  # not_started | open | closed
+    memberCount: int
 
 
 class HistoryOut(Struct, frozen=True):
@@ -140,10 +241,62 @@ class HistoryOut(Struct, frozen=True):
     messages: list[ChatOut]
     lastOffset: int
     votedChatIds: list[str]
+    room: RoomOut
 
 
-class LeftOut(Struct, frozen=True):
+class RoomEventOut(Struct, frozen=True):
+    room: RoomOut
+
+
+class RoomIdOut(Struct, frozen=True):
     roomId: str
+
+
+class ChatRefOut(Struct, frozen=True):
+    roomId: str
+    chatId: str
+
+
+class AlertOut(Struct, frozen=True):
+    roomId: str
+    chatId: str
+    message: str
+    name: str
+    upvotes: int
+
+
+class MutedOut(Struct, frozen=True):
+    roomId: str
+    userId: str
+    until: str
+
+
+class UserOut(Struct, frozen=True):
+    userId: str
+    name: str
+
+
+class PresenceOut(Struct, frozen=True):
+    roomId: str
+    count: int
+    users: list[UserOut]  # at most presence_list_max of them
+
+
+class UserJoinedOut(Struct, frozen=True):
+    roomId: str
+    userId: str
+    name: str
+    count: int
+
+
+class UserLeftOut(Struct, frozen=True):
+    roomId: str
+    userId: str
+    count: int
+
+
+class AuthOkOut(Struct, frozen=True):
+    admin: bool
 
 
 class ErrorOut(Struct, frozen=True, omit_defaults=True):
@@ -151,50 +304,31 @@ class ErrorOut(Struct, frozen=True, omit_defaults=True):
     message: str
     type: str | None = None  # the type of the client message that caused it
     roomId: str | None = None
+    retryAfterMs: int | None = None  # cooldown
+    startTime: str | None = None  # room_not_started
+    until: str | None = None  # muted
 
 
-class _AddChat(Struct, tag="ADD_CHAT", tag_field="type"):
-    payload: ChatOut
-
-
-class _UpdateChat(Struct, tag="UPDATE_CHAT", tag_field="type"):
-    payload: UpdateChatOut
-
-
-class _History(Struct, tag="ROOM_HISTORY", tag_field="type"):
-    payload: HistoryOut
-
-
-class _Left(Struct, tag="LEFT_ROOM", tag_field="type"):
-    payload: LeftOut
-
-
-class _Error(Struct, tag="ERROR", tag_field="type"):
-    payload: ErrorOut
+class _Event(Struct):
+    type: str
+    payload: Struct
 
 
 _encoder: Final = msgspec.json.Encoder()
 
 
-def encode_add_chat(chat: ChatOut) -> bytes:
-    return _encoder.encode(_AddChat(chat))
-
-
-def encode_update_chat(chat_id: str, room_id: str, upvotes: int) -> bytes:
-    return _encoder.encode(_UpdateChat(UpdateChatOut(chat_id, room_id, upvotes)))
-
-
-def encode_history(
-    room_id: str, messages: list[ChatOut], last_offset: int, voted: list[str]
-) -> bytes:
-    return _encoder.encode(_History(HistoryOut(room_id, messages, last_offset, voted)))
-
-
-def encode_left(room_id: str) -> bytes:
-    return _encoder.encode(_Left(LeftOut(room_id)))
+def encode_event(kind: str, payload: Struct) -> bytes:
+    """The JSON bytes of `{"type": kind, "payload": payload}`."""
+    return _encoder.encode(_Event(kind, payload))
 
 
 def encode_error(
-    code: ErrorCode, message: str, *, type: str | None = None, room_id: str | None = None
+    code: ErrorCode,
+    message: str,
+    *,
+    type: str | None = None,
+    room_id: str | None = None,
+    details: Mapping[str, str | int] | None = None,
 ) -> bytes:
-    return _encoder.encode(_Error(ErrorOut(code.value, message, type, room_id)))
+    extra: dict[str, Any] = dict(details or {})
+    return encode_event("ERROR", ErrorOut(code.value, message, type, room_id, **extra))

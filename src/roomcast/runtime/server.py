@@ -11,6 +11,8 @@ import asyncio
 import importlib.resources
 import itertools
 import logging
+import time
+from collections.abc import Callable
 from typing import Final
 
 from aiohttp import WSMsgType, hdrs, web
@@ -20,9 +22,10 @@ from roomcast.adapters import open_store
 from roomcast.config import Settings
 from roomcast.core.errors import CloseCode, ErrorCode
 from roomcast.ports import Store
-from roomcast.runtime.hub import Hub
+from roomcast.runtime.api import RoomsAPI
+from roomcast.runtime.node import Node
 from roomcast.runtime.outbox import Flusher, Outbox
-from roomcast.runtime.session import Session
+from roomcast.runtime.session import Session, token_matches
 
 log = logging.getLogger("roomcast.server")
 
@@ -38,12 +41,18 @@ def _static(name: str) -> bytes:
 class RoomcastServer:
     """A running roomcast node: store, hub and listening socket."""
 
-    def __init__(self, settings: Settings, *, store: Store | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: Store | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.settings = settings
         self.store: Store = store or open_store(
             settings.store, history_max=settings.history_max, queue_max=settings.store_queue_max
         )
-        self.hub = Hub()
+        self.node = Node(settings, self.store, clock=clock)
         self._sockets: dict[web.WebSocketResponse, Outbox] = {}
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -56,7 +65,11 @@ class RoomcastServer:
     async def start(self) -> None:
         self._flusher = Flusher(asyncio.get_running_loop())
         await self.store.open()
-        app = web.Application(client_max_size=self.settings.max_frame_bytes)
+        api = RoomsAPI(self.node)
+        app = web.Application(
+            client_max_size=self.settings.max_frame_bytes, middlewares=[api.errors]
+        )
+        app.add_routes(api.routes())
         app.router.add_get("/", self._root)
         app.router.add_get("/ws", self._root)
         app.router.add_get("/healthz", self._healthz)
@@ -153,8 +166,12 @@ class RoomcastServer:
         box = Outbox(
             transport, self._flusher, max_bytes=settings.max_queue_bytes, on_overflow=overflow
         )
+        token = request.query.get("token")
         session = Session(
-            hub=self.hub, store=self.store, settings=settings, outbox=box, conn_id=conn_id
+            node=self.node,
+            outbox=box,
+            conn_id=conn_id,
+            is_admin=token is not None and token_matches(token, settings.admin_token),
         )
         self._sockets[ws] = box
         log.debug("%s: connected from %s (%s)", conn_id, request.remote, ws.ws_protocol)

@@ -1,64 +1,76 @@
 """One client connection's protocol state: who it is, which rooms it is in.
 
-Commands from one connection are handled one at a time, in order. Replies and room
-events go out through the connection's `Outbox`. Every client mistake becomes an
-`ERROR` frame; the connection stays usable.
+Commands from one connection are handled one at a time, in order. The session checks
+what only the connection knows (which user it is, which rooms it joined, whether it is
+an admin) and hands the rest to the `Node`. Every client mistake becomes an `ERROR`
+frame; the connection stays usable.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-from roomcast.config import Settings
-from roomcast.core.errors import (
-    ClientError,
-    ErrorCode,
-    StoreError,
-    StoreOverloaded,
-    UnknownChat,
-)
+from roomcast.core.errors import ClientError, ErrorCode, StoreError, StoreOverloaded
 from roomcast.core.protocol import (
-    ChatOut,
+    Auth,
+    AuthOkOut,
+    CreateRoom,
+    DeleteChat,
     JoinRoom,
     LeaveRoom,
+    MarkAnswered,
+    MuteUser,
+    RoomEventOut,
+    RoomIdOut,
     SendMessage,
+    UnvoteMessage,
+    UpdateRoom,
     UpvoteMessage,
     decode_command,
-    encode_add_chat,
     encode_error,
-    encode_history,
-    encode_left,
-    encode_update_chat,
+    encode_event,
     normalize_id,
 )
-from roomcast.ports import Store, StoredMessage
 from roomcast.runtime.frames import text_frame
-from roomcast.runtime.hub import Hub
+from roomcast.runtime.node import Node
 from roomcast.runtime.outbox import Outbox
 
 log = logging.getLogger("roomcast.session")
 
 
-def chat_out(m: StoredMessage) -> ChatOut:
-    return ChatOut(
-        m.chat_id, m.room_id, m.offset, m.user_id, m.name, m.text, m.upvotes, m.created_at
-    )
+def token_matches(given: str, expected: str) -> bool:
+    """Constant-time token comparison; an empty expected token matches nothing."""
+    return bool(expected) and hmac.compare_digest(given.encode(), expected.encode())
 
 
 class Session:
     """The server side of one WebSocket connection."""
 
-    def __init__(
-        self, *, hub: Hub, store: Store, settings: Settings, outbox: Outbox, conn_id: str
-    ) -> None:
-        self.hub = hub
-        self.store = store
-        self.settings = settings
+    def __init__(self, *, node: Node, outbox: Outbox, conn_id: str, is_admin: bool = False) -> None:
+        self.node = node
+        self.settings = node.settings
         self.outbox = outbox
         self.conn_id = conn_id
         self.user_id: str | None = None
+        self.is_admin = is_admin
         self.rooms: dict[str, str] = {}  # room id -> display name used in that room
         self.closed = False
+        self._handlers: dict[type[Any], Callable[[Any], Awaitable[None]]] = {
+            SendMessage: self._send,
+            UpvoteMessage: self._upvote,
+            UnvoteMessage: self._unvote,
+            JoinRoom: self._join,
+            LeaveRoom: self._leave,
+            Auth: self._auth,
+            CreateRoom: self._create_room,
+            UpdateRoom: self._update_room,
+            MarkAnswered: self._mark_answered,
+            DeleteChat: self._delete_chat,
+            MuteUser: self._mute_user,
+        }
 
     # ------------------------------------------------------------ entry points
 
@@ -69,18 +81,12 @@ class Session:
         except ClientError as exc:
             self.send_error(exc.code, exc.message)
             return
-        room_id = normalize_id(command.roomId)
+        raw_room = getattr(command, "roomId", None)
+        room_id = None if raw_room is None else normalize_id(raw_room)
         try:
-            if isinstance(command, SendMessage):
-                await self._send(command, room_id)
-            elif isinstance(command, UpvoteMessage):
-                await self._upvote(command, room_id)
-            elif isinstance(command, JoinRoom):
-                await self._join(command, room_id)
-            else:
-                self._leave(command, room_id)
+            await self._handlers[type(command)](command)
         except ClientError as exc:
-            self.send_error(exc.code, exc.message, kind=kind, room_id=room_id)
+            self.send_error(exc.code, exc.message, kind=kind, room_id=room_id, **exc.details)
         except StoreOverloaded:
             self.send_error(
                 ErrorCode.OVERLOADED,
@@ -105,37 +111,39 @@ class Session:
     def close(self) -> None:
         """The connection is gone: leave every room."""
         self.closed = True
-        for room_id in self.rooms:
-            self.hub.leave(room_id, self.outbox)
-        self.rooms.clear()
+        for room_id in list(self.rooms):
+            self.node.leave(self, room_id)
+
+    def send(self, kind: str, payload: Any) -> None:
+        self.outbox.send(text_frame(encode_event(kind, payload)))
 
     def send_error(
-        self, code: ErrorCode, message: str, *, kind: str | None = None, room_id: str | None = None
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        kind: str | None = None,
+        room_id: str | None = None,
+        **details: str | int,
     ) -> None:
-        self.outbox.send(text_frame(encode_error(code, message, type=kind, room_id=room_id)))
+        frame = encode_error(code, message, type=kind, room_id=room_id, details=details)
+        self.outbox.send(text_frame(frame))
 
-    # ------------------------------------------------------------ commands
+    # ------------------------------------------------------------ participants
 
-    async def _join(self, command: JoinRoom, room_id: str) -> None:
+    async def _join(self, command: JoinRoom) -> None:
+        room_id = normalize_id(command.roomId)
         user_id = normalize_id(command.userId)
         self._check_user(user_id)
-        if room_id not in self.rooms and len(self.rooms) >= self.settings.max_rooms_per_connection:
+        limit = self.settings.max_rooms_per_connection
+        if room_id not in self.rooms and len(self.rooms) >= limit:
             raise ClientError(
-                ErrorCode.TOO_MANY_ROOMS,
-                f"a connection may be in at most {self.settings.max_rooms_per_connection} rooms",
+                ErrorCode.TOO_MANY_ROOMS, f"a connection may be in at most {limit} rooms"
             )
-        page = await self.store.history(room_id, self.settings.history_size, voter=user_id)
-        # No await from here on: joining the hub right after the atomic history read
-        # means the joiner neither misses nor doubles a message appended meanwhile.
-        if self.closed:
-            return
-        self.user_id = user_id
-        self.rooms[room_id] = command.name
-        self.hub.join(room_id, self.outbox)
-        history = [chat_out(m) for m in page.messages]
-        self.outbox.send(text_frame(encode_history(room_id, history, page.last_offset, page.voted)))
+        await self.node.join(self, room_id, user_id, command.name)
 
-    async def _send(self, command: SendMessage, room_id: str) -> None:
+    async def _send(self, command: SendMessage) -> None:
+        room_id = normalize_id(command.roomId)
         user_id = self._member(command.userId, room_id)
         text = command.message
         if not text.strip():
@@ -146,29 +154,67 @@ class Session:
                 f"message has {len(text)} characters; the limit is "
                 f"{self.settings.max_message_chars}",
             )
-        stored = await self.store.append(room_id, user_id, self.rooms[room_id], text)
-        self.hub.publish(room_id, encode_add_chat(chat_out(stored)))
+        await self.node.send(self, room_id, user_id, text)
 
-    async def _upvote(self, command: UpvoteMessage, room_id: str) -> None:
+    async def _upvote(self, command: UpvoteMessage) -> None:
+        room_id = normalize_id(command.roomId)
         user_id = self._member(command.userId, room_id)
-        chat_id = normalize_id(command.chatId)
-        try:
-            upvotes = await self.store.vote(room_id, chat_id, user_id)
-        except UnknownChat:
-            raise ClientError(
-                ErrorCode.UNKNOWN_CHAT, f"no message {chat_id!r} in room {room_id!r}"
-            ) from None
-        if upvotes is not None:
-            self.hub.publish(room_id, encode_update_chat(chat_id, room_id, upvotes))
+        await self.node.vote(self, room_id, user_id, normalize_id(command.chatId), up=True)
 
-    def _leave(self, command: LeaveRoom, room_id: str) -> None:
+    async def _unvote(self, command: UnvoteMessage) -> None:
+        room_id = normalize_id(command.roomId)
+        user_id = self._member(command.userId, room_id)
+        await self.node.vote(self, room_id, user_id, normalize_id(command.chatId), up=False)
+
+    async def _leave(self, command: LeaveRoom) -> None:
+        room_id = normalize_id(command.roomId)
         if command.userId is not None:
             self._check_user(normalize_id(command.userId))
         if room_id not in self.rooms:
             raise ClientError(ErrorCode.NOT_IN_ROOM, f"not in room {room_id!r}")
-        del self.rooms[room_id]
-        self.hub.leave(room_id, self.outbox)
-        self.outbox.send(text_frame(encode_left(room_id)))
+        self.node.leave(self, room_id)
+        self.send("LEFT_ROOM", RoomIdOut(room_id))
+
+    async def _auth(self, command: Auth) -> None:
+        if not token_matches(command.token, self.settings.admin_token):
+            raise ClientError(ErrorCode.UNAUTHORIZED, "that token is not valid")
+        self.is_admin = True
+        for room_id in self.rooms:  # rooms joined before AUTH now get admin alerts too
+            self.node.admins.join(room_id, self.outbox)
+        self.send("AUTH_OK", AuthOkOut(admin=True))
+
+    # ------------------------------------------------------------ admins
+
+    def _require_admin(self) -> None:
+        if not self.is_admin:
+            raise ClientError(
+                ErrorCode.FORBIDDEN, "admins only: connect with ?token= or send AUTH first"
+            )
+
+    async def _create_room(self, command: CreateRoom) -> None:
+        self._require_admin()
+        info = await self.node.create_room(command)
+        self.send("ROOM_CREATED", RoomEventOut(self.node.room_out(info)))
+
+    async def _update_room(self, command: UpdateRoom) -> None:
+        self._require_admin()
+        info = await self.node.update_room(command)
+        if info.room_id not in self.rooms:  # members got ROOM_UPDATED already
+            self.send("ROOM_UPDATED", RoomEventOut(self.node.room_out(info)))
+
+    async def _mark_answered(self, command: MarkAnswered) -> None:
+        self._require_admin()
+        await self.node.mark_answered(normalize_id(command.roomId), normalize_id(command.chatId))
+
+    async def _delete_chat(self, command: DeleteChat) -> None:
+        self._require_admin()
+        await self.node.delete_chat(normalize_id(command.roomId), normalize_id(command.chatId))
+
+    async def _mute_user(self, command: MuteUser) -> None:
+        self._require_admin()
+        await self.node.mute_user(
+            normalize_id(command.roomId), normalize_id(command.userId), command.seconds
+        )
 
     # ------------------------------------------------------------ checks
 

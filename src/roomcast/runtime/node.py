@@ -1,0 +1,371 @@
+"""A roomcast node: rooms, rules, presence and fan-out on top of a Store.
+
+Sessions (WebSocket) and the HTTP API call the node; the node enforces the Q&A rules
+(`core.rooms`), talks to the store, and publishes events through the hubs. Room
+settings and mutes are cached while a room has local members; cooldown times are kept
+per (room, user), whichever connection the user sends from.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import msgspec
+
+from roomcast.config import Settings
+from roomcast.core.errors import ClientError, ErrorCode, RoomExists, UnknownChat, UnknownRoom
+from roomcast.core.protocol import (
+    AlertOut,
+    ChatOut,
+    ChatRefOut,
+    CreateRoom,
+    HistoryOut,
+    MutedOut,
+    PresenceOut,
+    RoomEventOut,
+    RoomOut,
+    UpdateChatOut,
+    UpdateRoom,
+    UserJoinedOut,
+    UserLeftOut,
+    UserOut,
+    encode_event,
+    normalize_id,
+)
+from roomcast.core.rooms import (
+    RoomInfo,
+    check_send,
+    check_vote,
+    iso,
+    parse_iso,
+    priority,
+    state,
+)
+from roomcast.ports import Store, StoredMessage
+from roomcast.runtime.frames import text_frame
+from roomcast.runtime.hub import Hub
+from roomcast.runtime.outbox import Outbox
+from roomcast.runtime.presence import Presence
+
+COOLDOWN_PRUNE_AT = 10_000  # cooldown entries per room before expired ones are dropped
+
+
+class Member(Protocol):
+    """What the node needs of a connection."""
+
+    outbox: Outbox
+    user_id: str | None
+    is_admin: bool
+    rooms: dict[str, str]
+    closed: bool
+
+
+def _unknown_chat(room_id: str, chat_id: str) -> ClientError:
+    return ClientError(ErrorCode.UNKNOWN_CHAT, f"no message {chat_id!r} in room {room_id!r}")
+
+
+class Node:
+    """Everything one process knows about rooms, and the only writer to its hubs."""
+
+    def __init__(
+        self, settings: Settings, store: Store, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.hub = Hub()  # every member of a room
+        self.admins = Hub()  # admin members of a room, for ADMIN_ALERT
+        self.presence = Presence()
+        self._clock = clock
+        self._rooms: dict[str, RoomInfo] = {}
+        self._mutes: dict[str, dict[str, int]] = {}
+        self._last_sent: dict[str, dict[str, int]] = {}
+
+    def now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    # ------------------------------------------------------------ rooms
+
+    async def room(self, room_id: str, *, create: bool = False) -> RoomInfo:
+        """A room's settings; in open mode `create` makes a missing room."""
+        info = self._rooms.get(room_id)
+        if info is not None:
+            return info
+        info = await self.store.get_room(room_id)
+        if info is None and create and self.settings.rooms == "open":
+            try:
+                info = await self.store.create_room(
+                    RoomInfo(room_id, room_id, created_at=self.now_ms())
+                )
+            except RoomExists:
+                info = await self.store.get_room(room_id)
+        if info is None:
+            raise ClientError(ErrorCode.ROOM_NOT_FOUND, f"no room {room_id!r}")
+        return info
+
+    async def _load(self, room_id: str, *, create: bool) -> tuple[RoomInfo, dict[str, int]]:
+        """Like `room`, plus the room's mutes, from the cache kept for local members."""
+        cached = self._rooms.get(room_id)
+        if cached is not None:
+            return cached, self._mutes[room_id]
+        info = await self.room(room_id, create=create)
+        mutes = await self.store.mutes(room_id)
+        return info, mutes
+
+    def room_out(self, info: RoomInfo) -> RoomOut:
+        return RoomOut(
+            info.room_id,
+            info.name,
+            None if info.start_time is None else iso(info.start_time),
+            info.is_open,
+            info.cooldown_seconds,
+            info.medium_threshold,
+            info.high_threshold,
+            state(info, self.now_ms()),
+            self.presence.count(info.room_id),
+        )
+
+    def chat_out(self, m: StoredMessage, info: RoomInfo) -> ChatOut:
+        return ChatOut(
+            m.chat_id,
+            m.room_id,
+            m.offset,
+            m.user_id,
+            m.name,
+            m.text,
+            m.upvotes,
+            priority(m.upvotes, info),
+            m.answered,
+            m.created_at,
+        )
+
+    async def create_room(self, command: CreateRoom) -> RoomInfo:
+        """Create a room from an admin's CREATE_ROOM (WebSocket or HTTP)."""
+        if command.mediumThreshold > command.highThreshold:
+            raise ClientError(
+                ErrorCode.INVALID_PAYLOAD, "mediumThreshold must not exceed highThreshold"
+            )
+        room_id = secrets.token_hex(4) if command.roomId is None else normalize_id(command.roomId)
+        info = RoomInfo(
+            room_id,
+            command.name,
+            _start_time(command.startTime),
+            command.isOpen,
+            command.cooldownSeconds,
+            command.mediumThreshold,
+            command.highThreshold,
+            self.now_ms(),
+            managed=True,
+        )
+        try:
+            return await self.store.create_room(info)
+        except RoomExists:
+            raise ClientError(ErrorCode.ROOM_EXISTS, f"room {room_id!r} exists") from None
+
+    async def update_room(self, command: UpdateRoom) -> RoomInfo:
+        """Apply an admin's UPDATE_ROOM and push ROOM_UPDATED to the room's members."""
+        room_id = normalize_id(command.roomId)
+        info = await self.room(room_id)
+        changes: dict[str, object] = {}
+        if not isinstance(command.name, msgspec.UnsetType):
+            changes["name"] = command.name
+        if not isinstance(command.startTime, msgspec.UnsetType):
+            changes["start_time"] = _start_time(command.startTime)
+        if not isinstance(command.isOpen, msgspec.UnsetType):
+            changes["is_open"] = command.isOpen
+        if not isinstance(command.cooldownSeconds, msgspec.UnsetType):
+            changes["cooldown_seconds"] = command.cooldownSeconds
+        if not isinstance(command.mediumThreshold, msgspec.UnsetType):
+            changes["medium_threshold"] = command.mediumThreshold
+        if not isinstance(command.highThreshold, msgspec.UnsetType):
+            changes["high_threshold"] = command.highThreshold
+        new = msgspec.structs.replace(info, **changes)
+        if new.medium_threshold > new.high_threshold:
+            raise ClientError(
+                ErrorCode.INVALID_PAYLOAD, "mediumThreshold must not exceed highThreshold"
+            )
+        try:
+            await self.store.update_room(new)
+        except UnknownRoom:
+            raise ClientError(ErrorCode.ROOM_NOT_FOUND, f"no room {room_id!r}") from None
+        if room_id in self._rooms:
+            self._rooms[room_id] = new
+        self.hub.publish(room_id, encode_event("ROOM_UPDATED", RoomEventOut(self.room_out(new))))
+        return new
+
+    # ------------------------------------------------------------ membership
+
+    async def join(self, member: Member, room_id: str, user_id: str, name: str) -> None:
+        """Join `room_id`: send ROOM_HISTORY and PRESENCE, announce USER_JOINED."""
+        info, mutes = await self._load(room_id, create=True)
+        page = await self.store.history(
+            room_id, self.settings.history_size, voter=user_id, alerts=member.is_admin
+        )
+        # No await from here on: the history read and entering the hub are one step, so
+        # the joiner neither misses nor doubles a message appended meanwhile.
+        if member.closed:
+            return
+        member.user_id = user_id  # the connection is this user from now on
+        if room_id in self._rooms:  # loaded or updated meanwhile: the cache is newer
+            info = self._rooms[room_id]
+        else:
+            self._rooms[room_id] = info
+            self._mutes[room_id] = mutes
+        box = member.outbox
+        first = False
+        if room_id not in member.rooms:
+            first = self.presence.add(room_id, user_id, name)
+            self.hub.join(room_id, box)
+            if member.is_admin:
+                self.admins.join(room_id, box)
+        member.rooms[room_id] = name
+        history = HistoryOut(
+            room_id,
+            [self.chat_out(m, info) for m in page.messages],
+            page.last_offset,
+            page.voted,
+            self.room_out(info),
+        )
+        box.send(text_frame(encode_event("ROOM_HISTORY", history)))
+        users = [
+            UserOut(u, n) for u, n in self.presence.users(room_id, self.settings.presence_list_max)
+        ]
+        count = self.presence.count(room_id)
+        box.send(text_frame(encode_event("PRESENCE", PresenceOut(room_id, count, users))))
+        if first and count <= self.settings.presence_broadcast_max:
+            event = UserJoinedOut(room_id, user_id, name, count)
+            self.hub.publish(room_id, encode_event("USER_JOINED", event))
+        for alert in page.alerts:
+            box.send(text_frame(self._alert(alert)))
+
+    def leave(self, member: Member, room_id: str) -> None:
+        """Leave one room; announce USER_LEFT when it was the user's last connection."""
+        if member.rooms.pop(room_id, None) is None or member.user_id is None:
+            return
+        self.hub.leave(room_id, member.outbox)
+        self.admins.leave(room_id, member.outbox)
+        if self.presence.remove(room_id, member.user_id):
+            count = self.presence.count(room_id)
+            if count < self.settings.presence_broadcast_max:
+                event = UserLeftOut(room_id, member.user_id, count)
+                self.hub.publish(room_id, encode_event("USER_LEFT", event))
+        if self.hub.member_count(room_id) == 0:
+            self._rooms.pop(room_id, None)
+            self._mutes.pop(room_id, None)
+
+    # ------------------------------------------------------------ messages and votes
+
+    async def send(self, member: Member, room_id: str, user_id: str, text: str) -> None:
+        """Check the room's rules, store the message, publish ADD_CHAT."""
+        info = self._rooms[room_id]
+        now = self.now_ms()
+        last = self._last_sent.setdefault(room_id, {})
+        check_send(
+            info,
+            now_ms=now,
+            last_sent_ms=last.get(user_id),
+            muted_until_ms=self._mutes.get(room_id, {}).get(user_id),
+            is_admin=member.is_admin,
+        )
+        previous = last.get(user_id)
+        if info.cooldown_seconds > 0 and not member.is_admin:
+            last[user_id] = now  # taken before the await, so parallel sends cannot slip by
+            if len(last) > COOLDOWN_PRUNE_AT:
+                _prune(last, now - int(info.cooldown_seconds * 1000))
+        try:
+            stored = await self.store.append(room_id, user_id, member.rooms[room_id], text)
+        except BaseException:
+            if previous is None:
+                last.pop(user_id, None)
+            else:
+                last[user_id] = previous
+            raise
+        info = self._rooms.get(room_id, info)
+        self.hub.publish(room_id, encode_event("ADD_CHAT", self.chat_out(stored, info)))
+
+    async def vote(
+        self, member: Member, room_id: str, user_id: str, chat_id: str, *, up: bool
+    ) -> None:
+        """Count or withdraw a vote; publish UPDATE_CHAT; alert admins once at `high`."""
+        info = self._rooms[room_id]
+        check_vote(
+            info,
+            now_ms=self.now_ms(),
+            muted_until_ms=self._mutes.get(room_id, {}).get(user_id),
+            is_admin=member.is_admin,
+        )
+        try:
+            if up:
+                updated = await self.store.vote(room_id, chat_id, user_id)
+            else:
+                updated = await self.store.unvote(room_id, chat_id, user_id)
+        except UnknownChat:
+            raise _unknown_chat(room_id, chat_id) from None
+        if updated is None:
+            return
+        info = self._rooms.get(room_id, info)
+        self._publish_update(updated, info)
+        if up and updated.upvotes >= info.high_threshold and not updated.answered:
+            try:
+                first = await self.store.claim_alert(room_id, chat_id)
+            except UnknownChat:  # deleted meanwhile
+                return
+            if first:
+                self.admins.publish(room_id, self._alert(updated))
+
+    def _publish_update(self, m: StoredMessage, info: RoomInfo) -> None:
+        event = UpdateChatOut(
+            m.chat_id, m.room_id, m.upvotes, priority(m.upvotes, info), m.answered
+        )
+        self.hub.publish(m.room_id, encode_event("UPDATE_CHAT", event))
+
+    def _alert(self, m: StoredMessage) -> bytes:
+        return encode_event(
+            "ADMIN_ALERT", AlertOut(m.room_id, m.chat_id, m.text, m.name, m.upvotes)
+        )
+
+    # ------------------------------------------------------------ moderation
+
+    async def mark_answered(self, room_id: str, chat_id: str) -> None:
+        info = await self.room(room_id)
+        try:
+            updated = await self.store.mark_answered(room_id, chat_id)
+        except UnknownChat:
+            raise _unknown_chat(room_id, chat_id) from None
+        self._publish_update(updated, self._rooms.get(room_id, info))
+
+    async def delete_chat(self, room_id: str, chat_id: str) -> None:
+        await self.room(room_id)
+        try:
+            await self.store.delete_message(room_id, chat_id)
+        except UnknownChat:
+            raise _unknown_chat(room_id, chat_id) from None
+        self.hub.publish(room_id, encode_event("CHAT_DELETED", ChatRefOut(room_id, chat_id)))
+
+    async def mute_user(self, room_id: str, user_id: str, seconds: float) -> int:
+        await self.room(room_id)
+        until = self.now_ms() + int(seconds * 1000)
+        await self.store.set_mute(room_id, user_id, until)
+        if room_id in self._mutes:
+            self._mutes[room_id][user_id] = until
+        event = MutedOut(room_id, user_id, iso(until))
+        self.hub.publish(room_id, encode_event("USER_MUTED", event))
+        return until
+
+
+def _start_time(text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        return parse_iso(text)
+    except ValueError as exc:
+        raise ClientError(
+            ErrorCode.INVALID_PAYLOAD, f"startTime must be ISO 8601 with a zone: {exc}"
+        ) from None
+
+
+def _prune(last_sent: dict[str, int], before_ms: int) -> None:
+    for user_id in [u for u, t in last_sent.items() if t < before_ms]:
+        del last_sent[user_id]
