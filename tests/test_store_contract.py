@@ -34,9 +34,9 @@ async def store(make_store: Factory) -> AsyncIterator[Store]:
 
 async def test_offsets_count_from_one_per_room(store: Store) -> None:
     """Each room's offsets start at 1 and grow by one; chat ids are unique digits < 2**53."""
-    a1 = await store.append("a", "u", "ann", "one")
-    b1 = await store.append("b", "u", "ann", "other room")
-    a2 = await store.append("a", "v", "vic", "two")
+    a1 = (await store.append("a", "u", "ann", "one")).message
+    b1 = (await store.append("b", "u", "ann", "other room")).message
+    a2 = (await store.append("a", "v", "vic", "two")).message
     assert (a1.offset, a2.offset, b1.offset) == (1, 2, 1)
     ids = [a1.chat_id, b1.chat_id, a2.chat_id]
     assert len(set(ids)) == 3
@@ -48,13 +48,13 @@ async def test_offsets_count_from_one_per_room(store: Store) -> None:
 async def test_concurrent_appends_complete_in_call_order(store: Store) -> None:
     """Appends started together finish with offsets in the order they were started."""
     results = await asyncio.gather(*(store.append("r", "u", "n", str(i)) for i in range(200)))
-    assert [m.offset for m in results] == list(range(1, 201))
-    assert [m.text for m in results] == [str(i) for i in range(200)]
+    assert [r.message.offset for r in results] == list(range(1, 201))
+    assert [r.message.text for r in results] == [str(i) for i in range(200)]
 
 
 async def test_one_vote_per_user(store: Store) -> None:
     """A user's second vote is not counted; another user's is."""
-    m = await store.append("r", "author", "a", "q")
+    m = (await store.append("r", "author", "a", "q")).message
     first = await store.vote("r", m.chat_id, "x")
     assert first is not None
     assert (first.chat_id, first.upvotes) == (m.chat_id, 1)
@@ -66,7 +66,7 @@ async def test_one_vote_per_user(store: Store) -> None:
 
 async def test_concurrent_votes_never_double_count(store: Store) -> None:
     """100 concurrent votes by one user count once; 100 users count 100."""
-    m = await store.append("r", "author", "a", "q")
+    m = (await store.append("r", "author", "a", "q")).message
     same = await asyncio.gather(*(store.vote("r", m.chat_id, "one") for _ in range(100)))
     assert sorted(v.upvotes for v in same if v is not None) == [1]
     many = await asyncio.gather(*(store.vote("r", m.chat_id, f"u{i}") for i in range(100)))
@@ -75,7 +75,7 @@ async def test_concurrent_votes_never_double_count(store: Store) -> None:
 
 async def test_vote_on_unknown_chat(store: Store) -> None:
     """Votes for a missing id, or an id from another room, raise UnknownChat."""
-    m = await store.append("r", "author", "a", "q")
+    m = (await store.append("r", "author", "a", "q")).message
     for room, chat in (("r", "424242"), ("other", m.chat_id), ("r", "not-a-number"), ("r", "-1")):
         with pytest.raises(UnknownChat):
             await store.vote(room, chat, "x")
@@ -86,7 +86,7 @@ async def test_history_page(store: Store) -> None:
     assert await store.history("r", 10, voter="x") == await store.history("r", 10)
     empty = await store.history("nothing", 10)
     assert (empty.messages, empty.last_offset, empty.voted) == ([], 0, [])
-    msgs = [await store.append("r", "u", "n", f"m{i}") for i in range(5)]
+    msgs = [(await store.append("r", "u", "n", f"m{i}")).message for i in range(5)]
     await store.vote("r", msgs[3].chat_id, "x")
     await store.vote("r", msgs[4].chat_id, "y")
     page = await store.history("r", 3, voter="x")
@@ -96,6 +96,53 @@ async def test_history_page(store: Store) -> None:
     assert page.voted == [msgs[3].chat_id]
     assert (await store.history("r", 0)).messages == []
     assert (await store.history("r", 10, voter=None)).voted == []
+
+
+async def test_history_after_an_offset(store: Store) -> None:
+    """after=N returns the messages after N, oldest first, and says if that is all."""
+    for i in range(6):
+        await store.append("r", "u", "n", f"m{i}")
+    page = await store.history("r", 10, after=3)
+    assert [m.offset for m in page.messages] == [4, 5, 6]
+    assert page.complete
+    assert page.last_offset == 6
+    short = await store.history("r", 2, after=1)
+    assert [m.offset for m in short.messages] == [2, 3]
+    assert not short.complete
+    assert (await store.history("r", 10, after=6)).messages == []
+    assert (await store.history("empty", 10, after=0)).complete
+
+
+async def test_client_msg_id_deduplicates(store: Store) -> None:
+    """The same (room, user, client id) is stored once; other users or rooms are not affected."""
+    first = await store.append("r", "u", "n", "hello", "c-1")
+    again = await store.append("r", "u", "n", "hello", "c-1")
+    assert not first.duplicate
+    assert again.duplicate
+    assert again.message == first.message
+    assert first.message.client_msg_id == "c-1"
+    other_user = await store.append("r", "v", "n", "hello", "c-1")
+    other_room = await store.append("s", "u", "n", "hello", "c-1")
+    assert not other_user.duplicate
+    assert not other_room.duplicate
+    both = await asyncio.gather(*(store.append("r", "u", "n", "x", "c-2") for _ in range(10)))
+    assert sum(not b.duplicate for b in both) == 1
+    assert (await store.history("r", 10)).last_offset == 3
+
+
+async def test_epoch(make_store: Factory) -> None:
+    """Every store has a non-empty epoch; a fresh memory store has a new one."""
+    a, b = make_store(), make_store()
+    await a.open()
+    epoch = a.epoch
+    await a.close()
+    await b.open()
+    assert epoch
+    if isinstance(b, MemoryStore):
+        assert b.epoch != epoch
+    else:
+        assert b.epoch == epoch  # the same SQLite file keeps its history and its epoch
+    await b.close()
 
 
 async def test_close_is_idempotent(make_store: Factory) -> None:
@@ -124,7 +171,7 @@ async def test_sqlite_survives_reopen(tmp_path: Path) -> None:
     path = str(tmp_path / "keep.db")
     s = SqliteStore(path)
     await s.open()
-    m = await s.append("r", "u", "n", "kept")
+    m = (await s.append("r", "u", "n", "kept")).message
     await s.vote("r", m.chat_id, "v")
     await s.close()
     s = SqliteStore(path)
@@ -132,7 +179,7 @@ async def test_sqlite_survives_reopen(tmp_path: Path) -> None:
     page = await s.history("r", 10, voter="v")
     assert [(x.text, x.upvotes) for x in page.messages] == [("kept", 1)]
     assert page.voted == [m.chat_id]
-    nxt = await s.append("r", "u", "n", "next")
+    nxt = (await s.append("r", "u", "n", "next")).message
     assert nxt.offset == 2
     assert int(nxt.chat_id) > int(m.chat_id)
     assert await s.vote("r", m.chat_id, "v") is None
@@ -159,7 +206,7 @@ async def test_sqlite_bounded_queue(tmp_path: Path) -> None:
     with pytest.raises(StoreOverloaded):
         await s.append("r", "u", "n", "one too many")
     done = await asyncio.gather(*tasks)
-    assert [m.offset for m in done] == [1, 2, 3, 4, 5]
+    assert [r.message.offset for r in done] == [1, 2, 3, 4, 5]
     await s.close()
 
 
@@ -172,7 +219,7 @@ async def test_sqlite_unopened_store_refuses() -> None:
 async def test_memory_history_is_bounded() -> None:
     """The memory store keeps only history_max messages per room; old ids become unknown."""
     s = MemoryStore(history_max=3)
-    first = await s.append("r", "u", "n", "0")
+    first = (await s.append("r", "u", "n", "0")).message
     for i in range(1, 5):
         await s.append("r", "u", "n", str(i))
     page = await s.history("r", 10)
@@ -180,5 +227,7 @@ async def test_memory_history_is_bounded() -> None:
     assert page.last_offset == 5
     with pytest.raises(UnknownChat):
         await s.vote("r", first.chat_id, "x")
+    assert not (await s.history("r", 10, after=0)).complete  # offsets 1-2 were evicted
+    assert (await s.history("r", 10, after=2)).complete
     with pytest.raises(ValueError, match="history_max"):
         MemoryStore(history_max=0)

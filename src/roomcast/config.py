@@ -35,6 +35,9 @@ class Settings:
     history_size: int = field(
         default=50, metadata={"help": "messages sent to a client right after it joins"}
     )
+    resume_max: int = field(
+        default=1_000, metadata={"help": "most missed messages replayed to a resuming client"}
+    )
     history_max: int = field(
         default=10_000, metadata={"help": "messages kept per room by the memory store"}
     )
@@ -75,6 +78,7 @@ class Settings:
     def __post_init__(self) -> None:
         for name in (
             "history_max",
+            "resume_max",
             "presence_list_max",
             "presence_broadcast_max",
             "max_message_chars",

@@ -25,6 +25,7 @@ class StoredMessage(Struct, frozen=True):
     upvotes: int
     created_at: int  # milliseconds since the Unix epoch
     answered: bool = False
+    client_msg_id: str | None = None  # the sender's id for retries, if it gave one
 
 
 class HistoryPage(Struct, frozen=True):
@@ -34,6 +35,14 @@ class HistoryPage(Struct, frozen=True):
     last_offset: int  # offset of the room's newest message; 0 when it has none
     voted: list[str]  # chat ids among `messages` the asking user voted on
     alerts: list[StoredMessage] = []  # with alerts=True: claimed, unanswered alerts
+    complete: bool = True  # with after=N: every message with offset > N is in `messages`
+
+
+class Appended(Struct, frozen=True):
+    """The result of `append`: the message, and whether it was stored before."""
+
+    message: StoredMessage
+    duplicate: bool = False  # same (room, user, client_msg_id) was appended already
 
 
 class Store(Protocol):
@@ -41,10 +50,15 @@ class Store(Protocol):
 
     Guarantees every adapter keeps:
 
+    - `epoch` names this store's history: it changes when the history is lost (a new
+      memory store, a new database file), so offsets from another epoch mean nothing.
     - `append` assigns the room's next offset (last + 1, starting at 1) and a `chat_id`
       that is a decimal string below 2**53, unique across all rooms of this store. When
       `append` returns, the message is as durable as the adapter can make it; appends to
       one room that are started in some order complete, and return, in that order.
+      With a `client_msg_id`, a second append by the same user in the same room with
+      the same id stores nothing and returns the first message with `duplicate=True`
+      (for as long as that message is kept).
     - `vote` records at most one vote per (chat_id, user_id) and returns the updated
       message, or None when that user had already voted; `unvote` removes it, or returns
       None when there was none. Concurrent calls never double-count.
@@ -53,7 +67,10 @@ class Store(Protocol):
     - `claim_alert` returns True exactly once per message, to the first caller.
     - `history` returns the last `limit` messages of a room, oldest first, with their
       current vote counts, the room's last offset and the voter's own votes, in one
-      atomic read, so a joiner neither misses nor doubles a message.
+      atomic read, so a joiner neither misses nor doubles a message. With `after=N` it
+      returns instead the messages with offset > N, oldest first, at most `limit`, and
+      `complete` says whether that is all of them (False when some were evicted or
+      more than `limit` exist).
     - When an adapter cannot take more work it raises `StoreOverloaded` at once instead
       of queueing without bound. Other backend failures raise `StoreError`.
     - Every method is safe to call concurrently from one event loop.
@@ -69,8 +86,15 @@ class Store(Protocol):
 
     # ------------------------------------------------------------ messages
 
-    async def append(self, room_id: str, user_id: str, name: str, text: str) -> StoredMessage:
-        """Store a new message at the end of the room's history."""
+    @property
+    def epoch(self) -> str:
+        """The history's identity; valid after `open`."""
+        ...
+
+    async def append(
+        self, room_id: str, user_id: str, name: str, text: str, client_msg_id: str | None = None
+    ) -> Appended:
+        """Store a new message at the end of the room's history (see the class doc)."""
         ...
 
     async def vote(self, room_id: str, chat_id: str, user_id: str) -> StoredMessage | None:
@@ -94,10 +118,16 @@ class Store(Protocol):
         ...
 
     async def history(
-        self, room_id: str, limit: int, voter: str | None = None, alerts: bool = False
+        self,
+        room_id: str,
+        limit: int,
+        voter: str | None = None,
+        alerts: bool = False,
+        after: int | None = None,
     ) -> HistoryPage:
-        """The last `limit` messages of the room, oldest first (see the class doc); with
-        `alerts`, also every message whose alert was claimed and that is not answered."""
+        """The last `limit` messages of the room, or those after offset `after`, oldest
+        first (see the class doc); with `alerts`, also every message whose alert was
+        claimed and that is not answered."""
         ...
 
     # ------------------------------------------------------------ rooms and mutes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections import deque
 
@@ -9,7 +10,7 @@ import msgspec
 
 from roomcast.core.errors import RoomExists, UnknownChat, UnknownRoom
 from roomcast.core.rooms import RoomInfo
-from roomcast.ports import HistoryPage, StoredMessage
+from roomcast.ports import Appended, HistoryPage, StoredMessage
 
 
 class _Chat:
@@ -31,11 +32,13 @@ class _Chat:
 
 
 class _Room:
-    __slots__ = ("chats", "last_offset")
+    __slots__ = ("chats", "client_ids", "evicted_upto", "last_offset")
 
     def __init__(self, history_max: int) -> None:
         self.chats: deque[_Chat] = deque(maxlen=history_max)
+        self.client_ids: dict[tuple[str, str], _Chat] = {}  # (user, client id) -> chat
         self.last_offset = 0
+        self.evicted_upto = 0  # every offset up to this one has been dropped
 
 
 class MemoryStore:
@@ -50,6 +53,11 @@ class MemoryStore:
         self._infos: dict[str, RoomInfo] = {}
         self._mutes: dict[str, dict[str, int]] = {}
         self._next_chat_id = 1
+        self._epoch = secrets.token_hex(8)
+
+    @property
+    def epoch(self) -> str:
+        return self._epoch
 
     async def open(self) -> None:
         return None
@@ -59,20 +67,35 @@ class MemoryStore:
 
     # ------------------------------------------------------------ messages
 
-    async def append(self, room_id: str, user_id: str, name: str, text: str) -> StoredMessage:
+    async def append(
+        self, room_id: str, user_id: str, name: str, text: str, client_msg_id: str | None = None
+    ) -> Appended:
         room = self._rooms.get(room_id)
         if room is None:
             room = self._rooms[room_id] = _Room(self._history_max)
+        if client_msg_id is not None:
+            seen = room.client_ids.get((user_id, client_msg_id))
+            if seen is not None:
+                return Appended(seen.snapshot(), duplicate=True)
         if len(room.chats) == self._history_max:
-            self._chats.pop(room.chats[0].message.chat_id, None)
+            old = room.chats[0]
+            self._chats.pop(old.message.chat_id, None)
+            room.evicted_upto = old.message.offset
+            if old.message.client_msg_id is not None:
+                room.client_ids.pop((old.message.user_id, old.message.client_msg_id), None)
         room.last_offset += 1
         chat_id = str(self._next_chat_id)
         self._next_chat_id += 1
         now = int(time.time() * 1000)
-        chat = _Chat(StoredMessage(chat_id, room_id, room.last_offset, user_id, name, text, 0, now))
+        message = StoredMessage(
+            chat_id, room_id, room.last_offset, user_id, name, text, 0, now, False, client_msg_id
+        )
+        chat = _Chat(message)
         room.chats.append(chat)
         self._chats[chat_id] = chat
-        return chat.message
+        if client_msg_id is not None:
+            room.client_ids[(user_id, client_msg_id)] = chat
+        return Appended(message)
 
     def _chat(self, room_id: str, chat_id: str) -> _Chat:
         chat = self._chats.get(chat_id)
@@ -100,8 +123,12 @@ class MemoryStore:
         return chat.snapshot()
 
     async def delete_message(self, room_id: str, chat_id: str) -> None:
-        self._chat(room_id, chat_id).deleted = True
+        chat = self._chat(room_id, chat_id)
+        chat.deleted = True
         del self._chats[chat_id]
+        if chat.message.client_msg_id is not None:
+            key = (chat.message.user_id, chat.message.client_msg_id)
+            self._rooms[room_id].client_ids.pop(key, None)
 
     async def claim_alert(self, room_id: str, chat_id: str) -> bool:
         chat = self._chat(room_id, chat_id)
@@ -110,16 +137,27 @@ class MemoryStore:
         return first
 
     async def history(
-        self, room_id: str, limit: int, voter: str | None = None, alerts: bool = False
+        self,
+        room_id: str,
+        limit: int,
+        voter: str | None = None,
+        alerts: bool = False,
+        after: int | None = None,
     ) -> HistoryPage:
         room = self._rooms.get(room_id)
         if room is None:
-            return HistoryPage([], 0, [])
+            return HistoryPage([], 0, [], complete=after is None or after >= 0)
         live = [c for c in room.chats if not c.deleted]
-        tail = live[-limit:] if limit > 0 else []
-        voted = [c.message.chat_id for c in tail if voter is not None and voter in c.voters]
+        complete = True
+        if after is None:
+            page = live[-limit:] if limit > 0 else []
+        else:
+            newer = [c for c in live if c.message.offset > after]
+            page = newer[:limit]
+            complete = after >= room.evicted_upto and len(newer) <= limit
+        voted = [c.message.chat_id for c in page if voter is not None and voter in c.voters]
         pending = [c.snapshot() for c in live if c.alerted and not c.answered] if alerts else []
-        return HistoryPage([c.snapshot() for c in tail], room.last_offset, voted, pending)
+        return HistoryPage([c.snapshot() for c in page], room.last_offset, voted, pending, complete)
 
     # ------------------------------------------------------------ rooms and mutes
 

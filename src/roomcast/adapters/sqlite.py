@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import secrets
 import sqlite3
 import threading
 import time
@@ -32,7 +33,7 @@ from roomcast.core.errors import (
     UnknownRoom,
 )
 from roomcast.core.rooms import RoomInfo
-from roomcast.ports import HistoryPage, StoredMessage
+from roomcast.ports import Appended, HistoryPage, StoredMessage
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -46,7 +47,14 @@ CREATE TABLE IF NOT EXISTS messages (
     created_at INTEGER NOT NULL,
     answered   INTEGER NOT NULL DEFAULT 0,
     alerted    INTEGER NOT NULL DEFAULT 0,
+    client_msg_id TEXT,
     UNIQUE (room_id, offset)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS messages_client_msg_id
+    ON messages (room_id, user_id, client_msg_id) WHERE client_msg_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS rooms (
     room_id          TEXT PRIMARY KEY,
@@ -72,7 +80,10 @@ CREATE TABLE IF NOT EXISTS votes (
 ) WITHOUT ROWID;
 """
 
-_COLUMNS = "chat_id, room_id, offset, user_id, name, text, upvotes, created_at, answered"
+_COLUMNS = (
+    "chat_id, room_id, offset, user_id, name, text, upvotes, created_at, answered, client_msg_id"
+)
+SCHEMA_VERSION = "1"
 _ROOM_COLUMNS = (
     "room_id, name, start_time, is_open, cooldown_seconds, medium_threshold,"
     " high_threshold, created_at, managed"
@@ -83,9 +94,18 @@ _Item = tuple[_Op, tuple[Any, ...], "asyncio.Future[Any]"]
 
 
 def _row(row: tuple[Any, ...]) -> StoredMessage:
-    chat_id, room_id, offset, user_id, name, text, upvotes, created_at, answered = row
+    chat_id, room_id, offset, user_id, name, text, upvotes, created_at, answered, client_id = row
     return StoredMessage(
-        str(chat_id), room_id, offset, user_id, name, text, upvotes, created_at, bool(answered)
+        str(chat_id),
+        room_id,
+        offset,
+        user_id,
+        name,
+        text,
+        upvotes,
+        created_at,
+        bool(answered),
+        client_id,
     )
 
 
@@ -113,6 +133,7 @@ class SqliteStore:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped: asyncio.Future[None] | None = None
+        self._epoch: str | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -135,9 +156,18 @@ class SqliteStore:
 
     # ------------------------------------------------------------ the port
 
-    async def append(self, room_id: str, user_id: str, name: str, text: str) -> StoredMessage:
-        result: StoredMessage = await self._submit(
-            self._append, room_id, user_id, name, text, int(time.time() * 1000)
+    @property
+    def epoch(self) -> str:
+        if self._epoch is None:
+            raise StoreError("the SQLite store is not open")
+        return self._epoch
+
+    async def append(
+        self, room_id: str, user_id: str, name: str, text: str, client_msg_id: str | None = None
+    ) -> Appended:
+        now = int(time.time() * 1000)
+        result: Appended = await self._submit(
+            self._append, room_id, user_id, name, text, now, client_msg_id
         )
         return result
 
@@ -161,9 +191,16 @@ class SqliteStore:
         return result
 
     async def history(
-        self, room_id: str, limit: int, voter: str | None = None, alerts: bool = False
+        self,
+        room_id: str,
+        limit: int,
+        voter: str | None = None,
+        alerts: bool = False,
+        after: int | None = None,
     ) -> HistoryPage:
-        result: HistoryPage = await self._submit(self._history, room_id, limit, voter, alerts)
+        result: HistoryPage = await self._submit(
+            self._history, room_id, limit, voter, alerts, after
+        )
         return result
 
     async def create_room(self, room: RoomInfo) -> RoomInfo:
@@ -227,7 +264,13 @@ class SqliteStore:
             conn.execute("PRAGMA locking_mode=EXCLUSIVE")
             conn.executescript(_SCHEMA)
             conn.execute("BEGIN IMMEDIATE")  # takes the exclusive lock now, not later
+            for key, value in (("epoch", secrets.token_hex(8)), ("schema", SCHEMA_VERSION)):
+                conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (key, value))
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
             conn.execute("COMMIT")
+            if meta["schema"] != SCHEMA_VERSION:
+                raise sqlite3.DatabaseError(f"schema version {meta['schema']} is not supported")
+            self._epoch = meta["epoch"]
         except sqlite3.Error as exc:
             error = StoreError(f"cannot open SQLite store {self._path!r}: {exc}")
             loop.call_soon_threadsafe(ready.set_exception, error)
@@ -282,16 +325,34 @@ class SqliteStore:
         return results
 
     def _append(
-        self, conn: sqlite3.Connection, room_id: str, user_id: str, name: str, text: str, now: int
-    ) -> StoredMessage:
+        self,
+        conn: sqlite3.Connection,
+        room_id: str,
+        user_id: str,
+        name: str,
+        text: str,
+        now: int,
+        client_msg_id: str | None,
+    ) -> Appended:
+        if client_msg_id is not None:
+            row = conn.execute(
+                f"SELECT {_COLUMNS} FROM messages"
+                " WHERE room_id = ? AND user_id = ? AND client_msg_id = ?",
+                (room_id, user_id, client_msg_id),
+            ).fetchone()
+            if row is not None:
+                return Appended(_row(row), duplicate=True)
         offset = self._last_offset(conn, room_id) + 1
         (chat_id,) = conn.execute(
-            "INSERT INTO messages (room_id, offset, user_id, name, text, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?) RETURNING chat_id",
-            (room_id, offset, user_id, name, text, now),
+            "INSERT INTO messages (room_id, offset, user_id, name, text, created_at, client_msg_id)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING chat_id",
+            (room_id, offset, user_id, name, text, now, client_msg_id),
         ).fetchone()
         self._offsets[room_id] = offset
-        return StoredMessage(str(chat_id), room_id, offset, user_id, name, text, 0, now, False)
+        message = StoredMessage(
+            str(chat_id), room_id, offset, user_id, name, text, 0, now, False, client_msg_id
+        )
+        return Appended(message)
 
     def _message(self, conn: sqlite3.Connection, room_id: str, chat_id: str) -> StoredMessage:
         row = conn.execute(
@@ -383,13 +444,31 @@ class SqliteStore:
         return {user: until for user, until in rows}
 
     def _history(
-        self, conn: sqlite3.Connection, room_id: str, limit: int, voter: str | None, alerts: bool
+        self,
+        conn: sqlite3.Connection,
+        room_id: str,
+        limit: int,
+        voter: str | None,
+        alerts: bool,
+        after: int | None,
     ) -> HistoryPage:
-        rows = conn.execute(
-            f"SELECT {_COLUMNS} FROM messages WHERE room_id = ? ORDER BY offset DESC LIMIT ?",
-            (room_id, max(limit, 0)),
-        ).fetchall()
-        messages = [_row(r) for r in reversed(rows)]
+        complete = True
+        limit = max(limit, 0)
+        if after is None:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM messages WHERE room_id = ? ORDER BY offset DESC LIMIT ?",
+                (room_id, limit),
+            ).fetchall()
+            rows.reverse()
+        else:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM messages WHERE room_id = ? AND offset > ?"
+                " ORDER BY offset LIMIT ?",
+                (room_id, after, limit + 1),
+            ).fetchall()
+            complete = len(rows) <= limit
+            rows = rows[:limit]
+        messages = [_row(r) for r in rows]
         voted: list[str] = []
         if voter is not None and messages:
             voted_ids = {
@@ -402,7 +481,8 @@ class SqliteStore:
             }
             voted = [m.chat_id for m in messages if int(m.chat_id) in voted_ids]
         pending = self._pending_alerts(conn, room_id) if alerts else []
-        return HistoryPage(messages, self._last_offset(conn, room_id), voted, pending)
+        last = self._last_offset(conn, room_id)
+        return HistoryPage(messages, last, voted, pending, complete)
 
     def _last_offset(self, conn: sqlite3.Connection, room_id: str) -> int:
         offset = self._offsets.get(room_id)

@@ -40,6 +40,11 @@ class JoinRoom(Struct, frozen=True):
     name: NameIn
     userId: IdIn
     roomId: IdIn
+    since: Annotated[int, Meta(ge=0, le=JS_SAFE_MAX)] | None = None  # resume after offset
+    epoch: Annotated[str, Meta(max_length=64)] | None = None  # the epoch `since` is from
+
+
+ClientMsgId = Annotated[str, Meta(min_length=1, max_length=64)]
 
 
 class SendMessage(Struct, frozen=True):
@@ -48,6 +53,7 @@ class SendMessage(Struct, frozen=True):
     userId: IdIn
     roomId: IdIn
     message: str
+    clientMsgId: ClientMsgId | None = None  # retries with the same id post once
 
 
 class UpvoteMessage(Struct, frozen=True):
@@ -201,7 +207,7 @@ def normalize_id(value: str | int) -> str:
 # ---------------------------------------------------------------- server -> client
 
 
-class ChatOut(Struct, frozen=True):
+class ChatOut(Struct, frozen=True, omit_defaults=True):
     """A chat message as clients see it (ADD_CHAT payload and history entries)."""
 
     chatId: str
@@ -214,6 +220,7 @@ class ChatOut(Struct, frozen=True):
     priority: str  # normal | medium | high
     answered: bool
     createdAt: int  # milliseconds since the Unix epoch
+    clientMsgId: str | None = None
 
 
 class UpdateChatOut(Struct, frozen=True):
@@ -236,12 +243,15 @@ class RoomOut(Struct, frozen=True):
     memberCount: int
 
 
-class HistoryOut(Struct, frozen=True):
+class HistoryOut(Struct, frozen=True, omit_defaults=True):
     roomId: str
     messages: list[ChatOut]
     lastOffset: int
+    fromOffset: int  # every existing message with offset > fromOffset is in `messages`
+    epoch: str
     votedChatIds: list[str]
     room: RoomOut
+    recovered: bool | None = None  # with `since`: whether nothing after it is missing
 
 
 class RoomEventOut(Struct, frozen=True):
@@ -307,6 +317,7 @@ class ErrorOut(Struct, frozen=True, omit_defaults=True):
     retryAfterMs: int | None = None  # cooldown
     startTime: str | None = None  # room_not_started
     until: str | None = None  # muted
+    clientMsgId: str | None = None  # of the refused SEND_MESSAGE
 
 
 class _Event(Struct):

@@ -81,7 +81,7 @@ class Node:
         self._clock = clock
         self._rooms: dict[str, RoomInfo] = {}
         self._mutes: dict[str, dict[str, int]] = {}
-        self._last_sent: dict[str, dict[str, int]] = {}
+        self._last_sent: dict[str, dict[str, tuple[int, str | None]]] = {}
 
     def now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -139,6 +139,7 @@ class Node:
             priority(m.upvotes, info),
             m.answered,
             m.created_at,
+            m.client_msg_id,
         )
 
     async def create_room(self, command: CreateRoom) -> RoomInfo:
@@ -197,11 +198,32 @@ class Node:
 
     # ------------------------------------------------------------ membership
 
-    async def join(self, member: Member, room_id: str, user_id: str, name: str) -> None:
-        """Join `room_id`: send ROOM_HISTORY and PRESENCE, announce USER_JOINED."""
+    async def join(
+        self,
+        member: Member,
+        room_id: str,
+        user_id: str,
+        name: str,
+        *,
+        since: int | None = None,
+        epoch: str | None = None,
+    ) -> None:
+        """Join `room_id`: send ROOM_HISTORY and PRESENCE, announce USER_JOINED.
+
+        With `since` (and the `epoch` it came from), the history covers every message
+        after `since` (and the usual window before it, for fresh vote counts), and says
+        whether that replay is complete (`recovered`).
+        """
         info, mutes = await self._load(room_id, create=True)
+        window = self.settings.history_size
+        resumable = since is not None and (epoch is None or epoch == self.store.epoch)
+        after = max((since or 0) - window, 0) if resumable else None
         page = await self.store.history(
-            room_id, self.settings.history_size, voter=user_id, alerts=member.is_admin
+            room_id,
+            window + self.settings.resume_max if resumable else window,
+            voter=user_id,
+            alerts=member.is_admin,
+            after=after,
         )
         # No await from here on: the history read and entering the hub are one step, so
         # the joiner neither misses nor doubles a message appended meanwhile.
@@ -221,12 +243,22 @@ class Node:
             if member.is_admin:
                 self.admins.join(room_id, box)
         member.rooms[room_id] = name
+        if after is None:  # the last `window` messages
+            covered = page.messages[0].offset - 1 if page.messages else page.last_offset
+        else:
+            covered = after
+        recovered = None
+        if since is not None:
+            recovered = resumable and page.complete and since <= page.last_offset
         history = HistoryOut(
             room_id,
             [self.chat_out(m, info) for m in page.messages],
             page.last_offset,
+            covered,
+            self.store.epoch,
             page.voted,
             self.room_out(info),
+            recovered,
         )
         box.send(text_frame(encode_event("ROOM_HISTORY", history)))
         users = [
@@ -257,33 +289,54 @@ class Node:
 
     # ------------------------------------------------------------ messages and votes
 
-    async def send(self, member: Member, room_id: str, user_id: str, text: str) -> None:
-        """Check the room's rules, store the message, publish ADD_CHAT."""
+    async def send(
+        self,
+        member: Member,
+        room_id: str,
+        user_id: str,
+        text: str,
+        client_msg_id: str | None = None,
+    ) -> None:
+        """Check the room's rules, store the message, publish ADD_CHAT.
+
+        A retry (same `client_msg_id`) of a message that was stored is not stored again:
+        only the sender gets its ADD_CHAT, again, even inside the cooldown it started.
+        """
         info = self._rooms[room_id]
         now = self.now_ms()
         last = self._last_sent.setdefault(room_id, {})
-        check_send(
-            info,
-            now_ms=now,
-            last_sent_ms=last.get(user_id),
-            muted_until_ms=self._mutes.get(room_id, {}).get(user_id),
-            is_admin=member.is_admin,
-        )
         previous = last.get(user_id)
-        if info.cooldown_seconds > 0 and not member.is_admin:
-            last[user_id] = now  # taken before the await, so parallel sends cannot slip by
-            if len(last) > COOLDOWN_PRUNE_AT:
-                _prune(last, now - int(info.cooldown_seconds * 1000))
+        retry = previous is not None and client_msg_id is not None and previous[1] == client_msg_id
+        if not retry:
+            check_send(
+                info,
+                now_ms=now,
+                last_sent_ms=None if previous is None else previous[0],
+                muted_until_ms=self._mutes.get(room_id, {}).get(user_id),
+                is_admin=member.is_admin,
+            )
+            if info.cooldown_seconds > 0 and not member.is_admin:
+                # Taken before the await, so parallel sends cannot slip through.
+                last[user_id] = (now, client_msg_id)
+                if len(last) > COOLDOWN_PRUNE_AT:
+                    _prune(last, now - int(info.cooldown_seconds * 1000))
         try:
-            stored = await self.store.append(room_id, user_id, member.rooms[room_id], text)
+            result = await self.store.append(
+                room_id, user_id, member.rooms[room_id], text, client_msg_id
+            )
         except BaseException:
-            if previous is None:
-                last.pop(user_id, None)
-            else:
-                last[user_id] = previous
+            if not retry:
+                if previous is None:
+                    last.pop(user_id, None)
+                else:
+                    last[user_id] = previous
             raise
         info = self._rooms.get(room_id, info)
-        self.hub.publish(room_id, encode_event("ADD_CHAT", self.chat_out(stored, info)))
+        payload = encode_event("ADD_CHAT", self.chat_out(result.message, info))
+        if result.duplicate:
+            member.outbox.send(text_frame(payload))
+        else:
+            self.hub.publish(room_id, payload)
 
     async def vote(
         self, member: Member, room_id: str, user_id: str, chat_id: str, *, up: bool
@@ -366,6 +419,6 @@ def _start_time(text: str | None) -> int | None:
         ) from None
 
 
-def _prune(last_sent: dict[str, int], before_ms: int) -> None:
-    for user_id in [u for u, t in last_sent.items() if t < before_ms]:
+def _prune(last_sent: dict[str, tuple[int, str | None]], before_ms: int) -> None:
+    for user_id in [u for u, (t, _) in last_sent.items() if t < before_ms]:
         del last_sent[user_id]

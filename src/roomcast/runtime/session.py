@@ -83,10 +83,14 @@ class Session:
             return
         raw_room = getattr(command, "roomId", None)
         room_id = None if raw_room is None else normalize_id(raw_room)
+        client_msg_id = getattr(command, "clientMsgId", None)
         try:
             await self._handlers[type(command)](command)
         except ClientError as exc:
-            self.send_error(exc.code, exc.message, kind=kind, room_id=room_id, **exc.details)
+            details = dict(exc.details)
+            if client_msg_id is not None:
+                details["clientMsgId"] = client_msg_id
+            self.send_error(exc.code, exc.message, kind=kind, room_id=room_id, **details)
         except StoreOverloaded:
             self.send_error(
                 ErrorCode.OVERLOADED,
@@ -140,7 +144,9 @@ class Session:
             raise ClientError(
                 ErrorCode.TOO_MANY_ROOMS, f"a connection may be in at most {limit} rooms"
             )
-        await self.node.join(self, room_id, user_id, command.name)
+        await self.node.join(
+            self, room_id, user_id, command.name, since=command.since, epoch=command.epoch
+        )
 
     async def _send(self, command: SendMessage) -> None:
         room_id = normalize_id(command.roomId)
@@ -154,7 +160,7 @@ class Session:
                 f"message has {len(text)} characters; the limit is "
                 f"{self.settings.max_message_chars}",
             )
-        await self.node.send(self, room_id, user_id, text)
+        await self.node.send(self, room_id, user_id, text, command.clientMsgId)
 
     async def _upvote(self, command: UpvoteMessage) -> None:
         room_id = normalize_id(command.roomId)
