@@ -58,6 +58,7 @@ class RoomsAPI:
             web.get("/api/rooms/{room_id}", self.get_room),
             web.patch("/api/rooms/{room_id}", self.update_room),
             web.get("/api/openapi.json", self.openapi),
+            web.get("/api/auth", self.auth),
         ]
 
     @web.middleware
@@ -125,6 +126,11 @@ class RoomsAPI:
             raise ClientError(ErrorCode.INVALID_PAYLOAD, str(exc)) from None
         room = await self.node.update_room(command)
         return _respond(self.node.room_out(room))
+
+    async def auth(self, request: web.Request) -> web.Response:
+        """200 {"admin": true} for the admin token; 401 or 403 otherwise."""
+        self._require_admin(request)
+        return _respond({"admin": True})
 
     async def openapi(self, request: web.Request) -> web.Response:
         doc = importlib.resources.files("roomcast").joinpath("static", "openapi.json")
