@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
 
 from roomcast.runtime.server import RoomcastServer
@@ -249,3 +250,40 @@ async def test_cooldown_countdown_and_error_notices(browser: Browser) -> None:
         notice = page.locator("#notices .notice")
         await expect(notice.first).to_contain_text("This room is closed", timeout=WAIT_MS)
         await admin.close()
+
+
+async def test_reference_page_works_unchanged_between_two_tabs(browser: Browser) -> None:
+    """A page written like the reference app's (echo-protocol, numeric userId, room "2",
+    sendUpvote(<chatId>) in onclick), served from another local port, works unchanged."""
+    page_html = (Path(__file__).parent / "fixtures" / "reference-page.html").read_bytes()
+
+    async def serve_page(request: web.Request) -> web.Response:
+        return web.Response(body=page_html, content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/", serve_page)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    page_port = runner.addresses[0][1]
+    try:
+        async with running_server() as server:
+            url = f"http://localhost:{page_port}/?server=localhost:{server.port}"
+            _, tab1 = await new_page(browser)
+            _, tab2 = await new_page(browser)
+            for tab in (tab1, tab2):
+                await tab.goto(url)
+                await expect(tab.locator("#inputtext")).to_be_visible()
+            await asyncio.sleep(0.3)  # let both join
+            await tab1.fill("#inputtext", "hello from tab 1")
+            await tab1.click("#send")
+            line = tab2.locator("#messages p", has_text="hello from tab 1")
+            await expect(line).to_be_visible(timeout=WAIT_MS)
+            await line.get_by_role("button", name="upvote").click()
+            await expect(tab1.locator("#messages p .votes")).to_have_text("1", timeout=WAIT_MS)
+            await expect(line.locator(".votes")).to_have_text("1")
+            for tab in (tab1, tab2):
+                assert ERRORS[tab] == []
+    finally:
+        await runner.cleanup()

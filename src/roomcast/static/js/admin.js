@@ -78,20 +78,13 @@ function showRoom(room) {
   $("members").textContent = `${room.memberCount} here`;
 }
 
-function onEvent({ type, payload }) {
+function onEvent(message) {
+  if (view.apply(message)) return;
+  const { type, payload } = message;
   switch (type) {
     case "ROOM_HISTORY":
       showRoom(payload.room);
       view.applyHistory(payload);
-      break;
-    case "ADD_CHAT":
-      view.add(payload);
-      break;
-    case "UPDATE_CHAT":
-      view.update(payload);
-      break;
-    case "CHAT_DELETED":
-      view.remove(payload.chatId);
       break;
     case "ADMIN_ALERT":
       alertHost(payload);

@@ -47,7 +47,14 @@ function showMembers(count) {
   $("members").textContent = `${count} ${count === 1 ? "person" : "people"} here`;
 }
 
-function onEvent({ type, payload }) {
+function onEvent(message) {
+  const { type, payload } = message;
+  if (view.apply(message)) {
+    if (type === "ADD_CHAT" && payload.clientMsgId && payload.clientMsgId === myLastSent && room.cooldownSeconds > 0) {
+      cooldownUntil = Date.now() + room.cooldownSeconds * 1000;
+    }
+    return;
+  }
   switch (type) {
     case "ROOM_HISTORY":
       room = payload.room;
@@ -57,18 +64,6 @@ function onEvent({ type, payload }) {
         notify($("notices"), "Some messages could not be recovered after the reconnect; the room's history was reloaded.", "info");
       }
       view.applyHistory(payload);
-      break;
-    case "ADD_CHAT":
-      view.add(payload);
-      if (payload.clientMsgId && payload.clientMsgId === myLastSent && room.cooldownSeconds > 0) {
-        cooldownUntil = Date.now() + room.cooldownSeconds * 1000;
-      }
-      break;
-    case "UPDATE_CHAT":
-      view.update(payload);
-      break;
-    case "CHAT_DELETED":
-      view.remove(payload.chatId);
       break;
     case "ROOM_UPDATED":
       room = payload.room;

@@ -42,6 +42,15 @@ export class RoomView {
     this.schedule();
   }
 
+  // The message events every view handles the same way; false for any other type.
+  apply({ type, payload }) {
+    if (type === "ADD_CHAT") this.add(payload);
+    else if (type === "UPDATE_CHAT") this.update(payload);
+    else if (type === "CHAT_DELETED") this.remove(payload.chatId);
+    else return false;
+    return true;
+  }
+
   add(chat) {
     this.messages.set(chat.chatId, chat);
     this.schedule();
