@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 import websockets
@@ -83,5 +84,23 @@ class Client:
         await self.send("JOIN_ROOM", name=name, userId=user, roomId=room)
         return await self.expect("ROOM_HISTORY")
 
+    async def read_until_closed(self, wait: float = 5) -> tuple[list[dict[str, Any]], int | None]:
+        """Every frame until the server closes; and the close code it sent."""
+        frames: list[dict[str, Any]] = []
+        try:
+            while True:
+                frames.append(await self.recv(wait))
+        except websockets.ConnectionClosed as closed:
+            return frames, None if closed.rcvd is None else closed.rcvd.code
+
     async def close(self) -> None:
         await self.ws.close()
+
+
+async def wait_until(predicate: Callable[[], bool], seconds: float = 5) -> bool:
+    """Poll `predicate` every 10 ms for up to `seconds` (scaled); its last value."""
+    for _ in range(int(timeout(seconds) * 100)):
+        if predicate():
+            return True
+        await asyncio.sleep(0.01)
+    return predicate()

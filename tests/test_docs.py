@@ -18,7 +18,7 @@ def test_configuration_table_matches_settings() -> None:
     table = text.split("<!-- settings-table")[1].split("<!-- end settings-table -->")[0]
     rows = [line for line in table.splitlines() if line.startswith("| `")]
     expected = [f"| `{f}` | `{e}` | `{d}` | {h} |" for f, e, d, h in describe()]
-    assert rows == expected
+    assert rows == expected, "run scripts/config_table.py"
 
 
 def test_protocol_doc_lists_every_code_and_message() -> None:

@@ -408,7 +408,9 @@ async def test_shutdown_closes_clients_with_1001() -> None:
 
 async def test_slow_consumer_is_closed_and_others_keep_going() -> None:
     """A client that stops reading is dropped (4008) once its queue passes the cap."""
-    async with running_server(max_queue_bytes=256 * 1024) as srv:
+    async with running_server(
+        max_queue_bytes=256 * 1024, max_message_rate=100_000, message_burst=100_000
+    ) as srv:
         slow = await Client.connect(srv.url, max_queue=1, close_timeout=0.5)
         fast = await Client.connect(srv.url)
         await slow.join("r", "slow")

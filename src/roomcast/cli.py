@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import os
 import secrets
 import signal
 import sys
@@ -14,7 +15,7 @@ from dataclasses import fields
 from typing import Any
 
 from roomcast import __version__
-from roomcast.config import Settings, describe, load
+from roomcast.config import Settings, describe, flag_name, load
 
 
 def _event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -42,12 +43,52 @@ def _parser() -> argparse.ArgumentParser:
         description="Run the server. Every flag also reads ROOMCAST_<NAME> from the "
         "environment; a flag given here wins over the environment.",
     )
-    kinds = {f.name: f.type for f in fields(Settings)}
-    for flag, env, default, text in describe():
-        name = flag[2:].replace("-", "_")
-        kind: Any = {"int": int, "float": float}.get(str(kinds[name]), str)
-        serve.add_argument(flag, type=kind, default=None, help=f"{text} [{env}; default {default}]")
+    described = {row[0]: row for row in describe()}
+    for f in fields(Settings):
+        flag, env, default, text = described[flag_name(f.name)]
+        kind: Any = {"int": int, "float": float}.get(str(f.type), str)
+        many = str(f.type).startswith("tuple")
+        serve.add_argument(
+            flag,
+            dest=f.name,
+            type=kind,
+            default=None,
+            action="append" if many else "store",
+            help=f"{text} [{env}" + (", comma-separated" if many else "") + f"; default {default}]",
+        )
+    token = commands.add_parser(
+        "token",
+        help="mint a user token for --auth jwt (development)",
+        description="Print an HS256 token for --auth jwt. The secret comes from "
+        "--jwt-secret or ROOMCAST_JWT_SECRET.",
+    )
+    token.add_argument("--jwt-secret", default=None, help="[ROOMCAST_JWT_SECRET]")
+    token.add_argument("--user", required=True, help="the user id (sub)")
+    token.add_argument("--name", default=None, help="display name")
+    token.add_argument("--admin", action="store_true", help="make the user an admin")
+    token.add_argument("--room", action="append", dest="rooms", help="allowed room (repeatable)")
+    token.add_argument("--ttl", type=float, default=3600.0, help="seconds until it expires")
     return parser
+
+
+def _token(args: argparse.Namespace) -> int:
+    from roomcast.core.tokens import mint
+
+    secret = args.jwt_secret or os.environ.get("ROOMCAST_JWT_SECRET", "")
+    if not secret:
+        print("roomcast: give --jwt-secret or set ROOMCAST_JWT_SECRET", file=sys.stderr)
+        return 2
+    print(
+        mint(
+            secret,
+            user=args.user,
+            name=args.name,
+            admin=args.admin,
+            rooms=args.rooms,
+            ttl_seconds=args.ttl,
+        )
+    )
+    return 0
 
 
 async def _serve(settings: Settings) -> int:
@@ -92,6 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit status."""
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command == "token":
+        return _token(args)
     if args.command != "serve":
         parser.print_help()
         return 0 if args.command is None and argv is not None else 2

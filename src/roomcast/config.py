@@ -28,6 +28,47 @@ class Settings:
         default="",
         metadata={"help": "admin token; empty: a random one is generated and printed at start"},
     )
+    auth: str = field(
+        default="none",
+        metadata={"help": "none: users name themselves; jwt: a signed token names them"},
+    )
+    jwt_secret: str = field(
+        default="", metadata={"help": "HS256 secret for --auth jwt (and `roomcast token`)"}
+    )
+    jwt_public_key: str = field(
+        default="", metadata={"help": "PEM file with an RS256/ES256 public key for --auth jwt"}
+    )
+    allowed_origins: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "WebSocket Origin allowed besides this server's own and localhost "
+            "(repeatable; * allows any)",
+            "flag": "--allowed-origin",
+        },
+    )
+    max_connections_per_ip: int = field(
+        default=1_000, metadata={"help": "WebSocket connections per client address; then 429"}
+    )
+    trusted_proxies: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "proxy address whose X-Forwarded-For is believed (repeatable)",
+            "flag": "--trusted-proxy",
+        },
+    )
+    max_message_rate: float = field(
+        default=20.0, metadata={"help": "messages per second per connection (token bucket)"}
+    )
+    message_burst: int = field(
+        default=40, metadata={"help": "messages a connection may send at once before the rate"}
+    )
+    rate_limit_close_after: int = field(
+        default=100, metadata={"help": "refused messages in a row before closing with 4029"}
+    )
+    handshake_timeout: float = field(
+        default=10.0,
+        metadata={"help": "seconds to send a whole HTTP request, and idle between requests"},
+    )
     rooms: str = field(
         default="open",
         metadata={"help": "open: joining creates a room; managed: only admin-created rooms"},
@@ -67,9 +108,12 @@ class Settings:
     ping_interval: float = field(
         default=20.0, metadata={"help": "seconds between keepalive pings; 0 turns them off"}
     )
+    drain_time: float = field(
+        default=2.0,
+        metadata={"help": "seconds over which shutdown spreads its closes (jittered batches)"},
+    )
     shutdown_timeout: float = field(
-        default=5.0,
-        metadata={"help": "seconds to wait for clients to answer the closing handshake"},
+        default=10.0, metadata={"help": "seconds shutdown may take in all before it drops peers"}
     )
     backlog: int = field(default=1024, metadata={"help": "listen backlog for connection bursts"})
     loop: str = field(default="auto", metadata={"help": "event loop: auto, uvloop or asyncio"})
@@ -87,6 +131,9 @@ class Settings:
             "max_queue_bytes",
             "store_queue_max",
             "backlog",
+            "max_connections_per_ip",
+            "message_burst",
+            "rate_limit_close_after",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
@@ -94,8 +141,16 @@ class Settings:
             raise ValueError("history_size must be 0 or more")
         if not 0 <= self.port <= 65535:
             raise ValueError("port must be between 0 and 65535")
-        if self.ping_interval < 0:
-            raise ValueError("ping_interval must be 0 or more")
+        if self.ping_interval < 0 or self.drain_time < 0 or self.shutdown_timeout < 0:
+            raise ValueError("ping_interval, drain_time and shutdown_timeout must be 0 or more")
+        if self.max_message_rate <= 0 or self.handshake_timeout <= 0:
+            raise ValueError("max_message_rate and handshake_timeout must be positive")
+        if self.auth not in ("none", "jwt"):
+            raise ValueError("auth must be none or jwt")
+        if self.auth == "jwt" and not (self.jwt_secret or self.jwt_public_key):
+            raise ValueError("--auth jwt needs --jwt-secret or --jwt-public-key")
+        if self.jwt_secret and len(self.jwt_secret.encode()) < 32:
+            raise ValueError("jwt_secret must be at least 32 bytes (RFC 7518 for HS256)")
         if self.rooms not in ("open", "managed"):
             raise ValueError("rooms must be open or managed")
         if self.loop not in ("auto", "uvloop", "asyncio"):
@@ -109,6 +164,8 @@ def env_name(name: str) -> str:
 
 
 def _convert(kind: Any, raw: str, name: str) -> Any:
+    if str(kind).startswith("tuple"):
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
     try:
         if kind in (int, "int"):
             return int(raw)
@@ -132,7 +189,7 @@ def load(
             values[f.name] = _convert(f.type, raw, f.name)
     for key, value in (overrides or {}).items():
         if value is not None:
-            values[key] = value
+            values[key] = tuple(value) if isinstance(value, list) else value
     return Settings(**values)
 
 
@@ -140,13 +197,27 @@ def describe() -> list[tuple[str, str, str, str]]:
     """(flag, environment variable, default, help) for every setting."""
     return [
         (
-            "--" + f.name.replace("_", "-"),
+            flag_name(f.name),
             env_name(f.name),
-            repr(f.default) if isinstance(f.default, str) else str(f.default),
+            _show(f.default),
             str(f.metadata.get("help", "")),
         )
         for f in fields(Settings)
     ]
+
+
+def flag_name(name: str) -> str:
+    """The command-line flag of a setting."""
+    for f in fields(Settings):
+        if f.name == name:
+            return str(f.metadata.get("flag", "--" + name.replace("_", "-")))
+    raise KeyError(name)
+
+
+def _show(default: Any) -> str:
+    if isinstance(default, tuple):
+        return "(none)" if not default else ",".join(default)
+    return repr(default) if isinstance(default, str) else str(default)
 
 
 __all__ = ["Settings", "describe", "env_name", "load"]

@@ -32,6 +32,7 @@ async def running_server(
     settings: Settings | None = None,
     *,
     clock: Callable[[], float] = time.time,
+    echo_path: str | None = None,
     **changes: Any,
 ) -> AsyncIterator[RoomcastServer]:
     """Start a server on a free loopback port in this event loop; stop it afterwards.
@@ -39,8 +40,10 @@ async def running_server(
     Defaults to the memory store and the admin token TEST_ADMIN_TOKEN; `changes`
     override any setting; `clock` replaces the node's clock (see ManualClock).
     """
-    base = settings or Settings(store="memory://", port=0, admin_token=TEST_ADMIN_TOKEN)
-    server = RoomcastServer(dataclasses.replace(base, **changes), clock=clock)
+    base = settings or Settings(
+        store="memory://", port=0, admin_token=TEST_ADMIN_TOKEN, drain_time=0.0
+    )
+    server = RoomcastServer(dataclasses.replace(base, **changes), clock=clock, echo_path=echo_path)
     await server.start()
     try:
         yield server

@@ -31,6 +31,8 @@ class ErrorCode(StrEnum):
     ROOM_CLOSED = "room_closed"  # send or vote in a closed (read-only) room
     COOLDOWN = "cooldown"  # slow mode: too soon after this user's last message
     MUTED = "muted"  # an admin muted this user in this room
+    TOO_MANY_CONNECTIONS = "too_many_connections"  # HTTP 429 before the upgrade
+    RATE_LIMITED = "rate_limited"  # more messages than max_message_rate allows
     OVERLOADED = "overloaded"  # server-side: the store queue is full; retry later
     UNAVAILABLE = "unavailable"  # server-side: storage failed; nothing was posted
     INTERNAL_ERROR = "internal_error"  # server-side: a bug; the connection stays usable
@@ -42,7 +44,9 @@ class CloseCode(IntEnum):
     NORMAL = 1000
     GOING_AWAY = 1001  # server shutting down
     MESSAGE_TOO_BIG = 1009  # a frame or message over max_frame_bytes
+    UNAUTHENTICATED = 4001  # --auth jwt: no valid token in time, or it expired unrefreshed
     SLOW_CONSUMER = 4008  # the client did not read fast enough; reconnect and resume
+    RATE_LIMITED = 4029  # kept sending far over the message rate
 
 
 class RoomcastError(Exception):

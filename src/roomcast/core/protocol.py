@@ -305,8 +305,10 @@ class UserLeftOut(Struct, frozen=True):
     count: int
 
 
-class AuthOkOut(Struct, frozen=True):
+class AuthOkOut(Struct, frozen=True, omit_defaults=True):
     admin: bool
+    userId: str | None = None
+    expiresAt: str | None = None  # --auth jwt: when the token runs out
 
 
 class ErrorOut(Struct, frozen=True, omit_defaults=True):

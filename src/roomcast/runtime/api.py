@@ -7,6 +7,7 @@ Errors are JSON, `{"error": {"code": ..., "message": ...}}`, with the status tha
 
 from __future__ import annotations
 
+import asyncio
 import importlib.resources
 from typing import Any
 
@@ -25,6 +26,7 @@ _STATUS = {
     ErrorCode.FORBIDDEN: 403,
     ErrorCode.ROOM_NOT_FOUND: 404,
     ErrorCode.ROOM_EXISTS: 409,
+    ErrorCode.TOO_MANY_CONNECTIONS: 429,
     ErrorCode.INVALID_PAYLOAD: 422,
     ErrorCode.OVERLOADED: 503,
     ErrorCode.UNAVAILABLE: 503,
@@ -84,7 +86,12 @@ class RoomsAPI:
             raise ClientError(ErrorCode.FORBIDDEN, "that token is not an admin token")
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
-        raw = await request.read()
+        try:  # a body that trickles in is cut off like a slow request line
+            raw = await asyncio.wait_for(
+                request.read(), timeout=self.node.settings.handshake_timeout
+            )
+        except TimeoutError:
+            raise ClientError(ErrorCode.BAD_MESSAGE, "the request body took too long") from None
         try:
             body = msgspec.json.decode(raw)
         except (msgspec.DecodeError, RecursionError) as exc:

@@ -32,7 +32,16 @@ _writer = WebSocketWriter(None, _capture)  # type: ignore[arg-type]
 
 def text_frame(payload: bytes) -> bytes:
     """The complete bytes of one unmasked, uncompressed text frame holding `payload`."""
-    _writer._write_websocket_frame(payload, WSMsgType.TEXT, 0)
+    return _frame(payload, WSMsgType.TEXT)
+
+
+def binary_frame(payload: bytes) -> bytes:
+    """The complete bytes of one unmasked, uncompressed binary frame."""
+    return _frame(payload, WSMsgType.BINARY)
+
+
+def _frame(payload: bytes, opcode: WSMsgType) -> bytes:
+    _writer._write_websocket_frame(payload, opcode, 0)
     _writer._output_size = 0
     chunks = _capture.chunks
     frame = chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -11,19 +11,23 @@ import asyncio
 import importlib.resources
 import itertools
 import logging
+import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from aiohttp import WSMsgType, hdrs, web
 
 from roomcast import __version__
 from roomcast.adapters import open_store
 from roomcast.config import Settings
-from roomcast.core.errors import CloseCode, ErrorCode
+from roomcast.core.errors import ClientError, CloseCode, ErrorCode
+from roomcast.core.tokens import Identity, TokenVerifier
 from roomcast.ports import Store
-from roomcast.runtime.api import RoomsAPI
+from roomcast.runtime.api import RoomsAPI, error_response
+from roomcast.runtime.frames import binary_frame, text_frame
+from roomcast.runtime.guard import client_address, origin_allowed
 from roomcast.runtime.node import Node
 from roomcast.runtime.outbox import Flusher, Outbox
 from roomcast.runtime.session import Session, token_matches
@@ -69,6 +73,7 @@ class RoomcastServer:
         *,
         store: Store | None = None,
         clock: Callable[[], float] = time.time,
+        echo_path: str | None = None,
     ) -> None:
         self.settings = settings
         self.store: Store = store or open_store(
@@ -78,6 +83,13 @@ class RoomcastServer:
         self._sockets: dict[web.WebSocketResponse, Outbox] = {}
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._per_ip: dict[str, int] = {}
+        self._verifier = (
+            TokenVerifier(secret=settings.jwt_secret, public_key_file=settings.jwt_public_key)
+            if settings.auth == "jwt"
+            else None
+        )
+        self._echo_path = echo_path
         self._runner: web.AppRunner | None = None
         self._flusher: Flusher | None = None
         self.port = settings.port
@@ -97,12 +109,17 @@ class RoomcastServer:
         app.router.add_get("/ws", self._root)
         app.router.add_get("/admin", self._admin)
         app.router.add_static("/static", STATIC_DIR, append_version=False)
+        if self._echo_path is not None:
+            app.router.add_get(self._echo_path, self._echo)
         app.router.add_get("/healthz", self._healthz)
         self._runner = web.AppRunner(
             app,
             access_log=None,
             handle_signals=False,
             shutdown_timeout=self.settings.shutdown_timeout,
+            # aiohttp arms this at connect time and re-arms it after each response, so it
+            # bounds both a slow request (slowloris) and an idle keep-alive connection.
+            keepalive_timeout=self.settings.handshake_timeout,
         )
         await self._runner.setup()
         site = web.TCPSite(
@@ -124,22 +141,34 @@ class RoomcastServer:
                 break
 
     async def stop(self) -> None:
-        """Close every connection with 1001 (going away), then the store."""
+        """Drain: stop accepting, then close every connection with 1001 (going away) in
+        shuffled batches spread over `drain_time`, so clients do not all reconnect to
+        the other nodes at once; wait for their closing handshakes until
+        `shutdown_timeout`, drop the rest, close the store."""
         if self._runner is None:
             return
         runner, self._runner = self._runner, None
         for site in list(runner.sites):
             await site.stop()
         sockets = list(self._sockets.items())
-        for _, box in sockets:
-            box.flush()
-
-        async def close(ws: web.WebSocketResponse) -> None:
-            await ws.close(code=CloseCode.GOING_AWAY, message=b"server shutting down")
-
-        if sockets:
-            closing = [asyncio.ensure_future(close(ws)) for ws, _ in sockets]
-            _, late = await asyncio.wait(closing, timeout=self.settings.shutdown_timeout)
+        random.shuffle(sockets)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.shutdown_timeout
+        batches = max(1, min(len(sockets), int(self.settings.drain_time * 20)))
+        size = max(1, -(-len(sockets) // batches))  # ceiling division
+        closing: list[asyncio.Future[bool]] = []
+        for start in range(0, len(sockets), size):
+            if start:
+                await asyncio.sleep(self.settings.drain_time / batches)
+            for ws, box in sockets[start : start + size]:
+                box.flush()
+                closing.append(
+                    asyncio.ensure_future(
+                        ws.close(code=CloseCode.GOING_AWAY, message=b"server shutting down")
+                    )
+                )
+        if closing:
+            _, late = await asyncio.wait(closing, timeout=max(0.0, deadline - loop.time()))
             for task in late:
                 task.cancel()
             for _, box in sockets:  # peers that did not answer the close in time
@@ -169,8 +198,45 @@ class RoomcastServer:
 
     # ------------------------------------------------------------ WebSocket
 
-    async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
+    def _refuse(self, request: web.Request) -> web.Response | None:
+        """The HTTP answer that refuses an upgrade (before any frame), or None."""
         settings = self.settings
+        origin = request.headers.get(hdrs.ORIGIN)
+        if not origin_allowed(origin, request.host, settings.allowed_origins):
+            log.warning("refused a WebSocket from origin %r", origin)
+            return error_response(ErrorCode.FORBIDDEN, f"origin {origin!r} is not allowed")
+        address = self._address(request)
+        if self._per_ip.get(address, 0) >= settings.max_connections_per_ip:
+            return error_response(
+                ErrorCode.TOO_MANY_CONNECTIONS,
+                f"at most {settings.max_connections_per_ip} connections per address",
+            )
+        return None
+
+    def _address(self, request: web.Request) -> str:
+        forwarded = request.headers.get(hdrs.X_FORWARDED_FOR)
+        return client_address(request.remote, forwarded, self.settings.trusted_proxies)
+
+    def _query_identity(self, request: web.Request) -> tuple[bool, Identity | None]:
+        """(is admin, identity) from a `token` query parameter; ClientError if invalid."""
+        token = request.query.get("token")
+        if token is None:
+            return False, None
+        if token_matches(token, self.settings.admin_token):
+            return True, None
+        if self._verifier is None:
+            raise ClientError(ErrorCode.UNAUTHORIZED, "that token is not valid")
+        return False, self._verifier.verify(token)
+
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        settings = self.settings
+        refusal = self._refuse(request)
+        if refusal is not None:
+            return refusal
+        try:
+            is_admin, identity = self._query_identity(request)
+        except ClientError as exc:
+            return error_response(exc.code, exc.message)
         ws = web.WebSocketResponse(
             protocols=SUBPROTOCOLS,
             max_msg_size=settings.max_frame_bytes,
@@ -183,26 +249,39 @@ class RoomcastServer:
         assert transport is not None
         assert self._flusher is not None
         conn_id = f"c{next(self._ids)}"
+        address = self._address(request)
+        loop = asyncio.get_running_loop()
+
+        def close(code: int, reason: str) -> None:
+            log.info("%s: closing (%s %s)", conn_id, code, reason)
+            session.close()
+            box.flush()
+            self._spawn(self._close_hard(ws, box, code, reason))
 
         def overflow() -> None:
             log.warning("%s: slow consumer closed (%s)", conn_id, CloseCode.SLOW_CONSUMER)
-            session.close()
-            task = asyncio.get_running_loop().create_task(self._close_slow(ws, box))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            close(CloseCode.SLOW_CONSUMER, "slow consumer")
 
         box = Outbox(
             transport, self._flusher, max_bytes=settings.max_queue_bytes, on_overflow=overflow
         )
-        token = request.query.get("token")
         session = Session(
             node=self.node,
             outbox=box,
             conn_id=conn_id,
-            is_admin=token is not None and token_matches(token, settings.admin_token),
+            is_admin=is_admin,
+            close=close,
+            verifier=self._verifier,
+            identity=identity,
         )
+        auth_deadline = None
+        if self._verifier is not None and identity is None and not is_admin:
+            auth_deadline = loop.call_later(
+                settings.handshake_timeout, self._auth_timeout, session, close
+            )
         self._sockets[ws] = box
-        log.debug("%s: connected from %s (%s)", conn_id, request.remote, ws.ws_protocol)
+        self._per_ip[address] = self._per_ip.get(address, 0) + 1
+        log.debug("%s: connected (%s)", conn_id, ws.ws_protocol)
         try:
             async for msg in ws:
                 if msg.type is WSMsgType.TEXT:
@@ -215,19 +294,61 @@ class RoomcastServer:
                     session.handle_binary()
                 # ERROR: aiohttp has already closed with the right code (1009, 1007...).
         finally:
+            if auth_deadline is not None:
+                auth_deadline.cancel()
             session.close()
             box.flush()
             del self._sockets[ws]
+            left = self._per_ip[address] - 1
+            if left:
+                self._per_ip[address] = left
+            else:
+                del self._per_ip[address]
             log.debug("%s: disconnected (%s)", conn_id, ws.close_code)
         return ws
 
-    async def _close_slow(self, ws: web.WebSocketResponse, box: Outbox) -> None:
-        """Try a closing handshake with code 4008, then drop the connection anyway: its
-        buffers are full, so the close frame may never get through."""
+    @staticmethod
+    def _auth_timeout(session: Session, close: Callable[[int, str], None]) -> None:
+        if session.identity is None and not session.is_admin:
+            close(CloseCode.UNAUTHENTICATED, "no token")
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _echo(self, request: web.Request) -> web.StreamResponse:
+        """Echo every message back, on the production stack (conformance tests only)."""
+        ws = web.WebSocketResponse(
+            protocols=SUBPROTOCOLS,
+            max_msg_size=64 * 1024 * 1024,
+            heartbeat=self.settings.ping_interval or None,
+            compress=False,
+        )
+        await ws.prepare(request)
+        assert request.transport is not None
+        assert self._flusher is not None
+        box = Outbox(
+            request.transport,
+            self._flusher,
+            max_bytes=256 * 1024 * 1024,
+            on_overflow=lambda: box.abort(),
+        )
+        async for msg in ws:
+            if msg.type is WSMsgType.TEXT:
+                box.send(text_frame(msg.data.encode()))
+            elif msg.type is WSMsgType.BINARY:
+                box.send(binary_frame(msg.data))
+        box.flush()
+        return ws
+
+    async def _close_hard(
+        self, ws: web.WebSocketResponse, box: Outbox, code: int, reason: str
+    ) -> None:
+        """Try a closing handshake, then drop the connection anyway: for a slow consumer
+        the buffers are full, so the close frame may never get through."""
         try:
-            await asyncio.wait_for(
-                ws.close(code=CloseCode.SLOW_CONSUMER, message=b"slow consumer"), timeout=1.0
-            )
+            await asyncio.wait_for(ws.close(code=code, message=reason.encode()), timeout=1.0)
         except (TimeoutError, ConnectionError):
             pass
         finally:

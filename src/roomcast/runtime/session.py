@@ -8,12 +8,20 @@ frame; the connection stays usable.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from roomcast.core.errors import ClientError, ErrorCode, StoreError, StoreOverloaded
+from roomcast.core.errors import (
+    ClientError,
+    CloseCode,
+    ErrorCode,
+    StoreError,
+    StoreOverloaded,
+)
 from roomcast.core.protocol import (
     Auth,
     AuthOkOut,
@@ -34,11 +42,18 @@ from roomcast.core.protocol import (
     encode_event,
     normalize_id,
 )
+from roomcast.core.rooms import iso
+from roomcast.core.tokens import Identity, TokenVerifier
 from roomcast.runtime.frames import text_frame
+from roomcast.runtime.guard import TokenBucket
 from roomcast.runtime.node import Node
 from roomcast.runtime.outbox import Outbox
 
 log = logging.getLogger("roomcast.session")
+
+
+def _now() -> float:
+    return time.monotonic()
 
 
 def token_matches(given: str, expected: str) -> bool:
@@ -49,7 +64,17 @@ def token_matches(given: str, expected: str) -> bool:
 class Session:
     """The server side of one WebSocket connection."""
 
-    def __init__(self, *, node: Node, outbox: Outbox, conn_id: str, is_admin: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        node: Node,
+        outbox: Outbox,
+        conn_id: str,
+        is_admin: bool = False,
+        close: Callable[[int, str], None] = lambda code, reason: None,
+        verifier: TokenVerifier | None = None,
+        identity: Identity | None = None,
+    ) -> None:
         self.node = node
         self.settings = node.settings
         self.outbox = outbox
@@ -58,6 +83,15 @@ class Session:
         self.is_admin = is_admin
         self.rooms: dict[str, str] = {}  # room id -> display name used in that room
         self.closed = False
+        self._close = close
+        self._verifier = verifier  # set in --auth jwt mode
+        self.identity: Identity | None = None
+        self._expiry: asyncio.TimerHandle | None = None
+        settings = node.settings
+        self._bucket = TokenBucket(settings.max_message_rate, settings.message_burst, _now())
+        self._refused = 0  # rate-limited messages in a row
+        if identity is not None:
+            self._authenticate(identity)
         self._handlers: dict[type[Any], Callable[[Any], Awaitable[None]]] = {
             SendMessage: self._send,
             UpvoteMessage: self._upvote,
@@ -74,8 +108,27 @@ class Session:
 
     # ------------------------------------------------------------ entry points
 
+    def admit(self) -> bool:
+        """Rate limit: True if one more frame may be handled now. Refused frames get
+        ERROR rate_limited; a connection that keeps flooding is closed with 4029."""
+        if self._bucket.take(_now()):
+            self._refused = 0
+            return True
+        self._refused += 1
+        if self._refused >= self.settings.rate_limit_close_after:
+            self._close(CloseCode.RATE_LIMITED, "too many messages")
+        elif self._refused == 1 or self._refused % 10 == 0:
+            self.send_error(
+                ErrorCode.RATE_LIMITED,
+                f"more than {self.settings.max_message_rate:g} messages a second; "
+                "this one was dropped",
+            )
+        return False
+
     async def handle_text(self, data: str) -> None:
         """Handle one text frame from the client."""
+        if not self.admit():
+            return
         try:
             kind, command = decode_command(data)
         except ClientError as exc:
@@ -108,6 +161,8 @@ class Session:
             )
 
     def handle_binary(self) -> None:
+        if not self.admit():
+            return
         self.send_error(
             ErrorCode.BINARY_NOT_SUPPORTED, "send JSON in text frames; binary frames are refused"
         )
@@ -115,6 +170,8 @@ class Session:
     def close(self) -> None:
         """The connection is gone: leave every room."""
         self.closed = True
+        if self._expiry is not None:
+            self._expiry.cancel()
         for room_id in list(self.rooms):
             self.node.leave(self, room_id)
 
@@ -137,16 +194,24 @@ class Session:
 
     async def _join(self, command: JoinRoom) -> None:
         room_id = normalize_id(command.roomId)
-        user_id = normalize_id(command.userId)
-        self._check_user(user_id)
+        name = command.name
+        if self._verifier is not None and not self.is_admin:
+            identity = self._require_identity()
+            if identity.rooms is not None and room_id not in identity.rooms:
+                raise ClientError(
+                    ErrorCode.FORBIDDEN, f"your token does not allow room {room_id!r}"
+                )
+            user_id = identity.user_id  # the token names the user, not the payload
+            name = identity.name or name
+        else:
+            user_id = normalize_id(command.userId)
+            self._check_user(user_id)
         limit = self.settings.max_rooms_per_connection
         if room_id not in self.rooms and len(self.rooms) >= limit:
             raise ClientError(
                 ErrorCode.TOO_MANY_ROOMS, f"a connection may be in at most {limit} rooms"
             )
-        await self.node.join(
-            self, room_id, user_id, command.name, since=command.since, epoch=command.epoch
-        )
+        await self.node.join(self, room_id, user_id, name, since=command.since, epoch=command.epoch)
 
     async def _send(self, command: SendMessage) -> None:
         room_id = normalize_id(command.roomId)
@@ -182,12 +247,50 @@ class Session:
         self.send("LEFT_ROOM", RoomIdOut(room_id))
 
     async def _auth(self, command: Auth) -> None:
-        if not token_matches(command.token, self.settings.admin_token):
+        if token_matches(command.token, self.settings.admin_token):
+            self._make_admin()
+            self.send("AUTH_OK", AuthOkOut(admin=True, userId=self.user_id))
+            return
+        if self._verifier is None:
             raise ClientError(ErrorCode.UNAUTHORIZED, "that token is not valid")
+        identity = self._verifier.verify(command.token)
+        if self.identity is not None and identity.user_id != self.identity.user_id:
+            raise ClientError(ErrorCode.USER_MISMATCH, "a refreshed token must name the same user")
+        self._authenticate(identity)
+        self.send(
+            "AUTH_OK",
+            AuthOkOut(
+                admin=self.is_admin,
+                userId=identity.user_id,
+                expiresAt=iso(int(identity.expires_at * 1000)),
+            ),
+        )
+
+    def _authenticate(self, identity: Identity) -> None:
+        """Take a verified token's identity; (re)arm the close at its expiry."""
+        self.identity = identity
+        if identity.admin:
+            self._make_admin()
+        if self._expiry is not None:
+            self._expiry.cancel()
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, identity.expires_at - time.time())
+        self._expiry = loop.call_later(
+            delay, self._close, CloseCode.UNAUTHENTICATED, "token expired"
+        )
+
+    def _make_admin(self) -> None:
         self.is_admin = True
         for room_id in self.rooms:  # rooms joined before AUTH now get admin alerts too
             self.node.admins.join(room_id, self.outbox)
-        self.send("AUTH_OK", AuthOkOut(admin=True))
+
+    def _require_identity(self) -> Identity:
+        if self.identity is None:
+            raise ClientError(
+                ErrorCode.UNAUTHORIZED,
+                "authenticate first: a token in the URL (?token=) or an AUTH message",
+            )
+        return self.identity
 
     # ------------------------------------------------------------ admins
 
@@ -232,8 +335,10 @@ class Session:
             )
 
     def _member(self, raw_user_id: str | int, room_id: str) -> str:
-        user_id = normalize_id(raw_user_id)
         if room_id not in self.rooms or self.user_id is None:
             raise ClientError(ErrorCode.NOT_IN_ROOM, f"join room {room_id!r} first")
+        if self.identity is not None:
+            return self.user_id  # --auth jwt: the token's user, whatever the payload says
+        user_id = normalize_id(raw_user_id)
         self._check_user(user_id)
         return user_id
