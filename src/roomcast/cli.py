@@ -15,7 +15,7 @@ from dataclasses import fields
 from typing import Any
 
 from roomcast import __version__
-from roomcast.config import Settings, describe, flag_name, load
+from roomcast.config import Settings, describe, flag_name, load, to_toml
 
 
 def _event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -37,18 +37,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"roomcast {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    serve = commands.add_parser(
-        "serve",
-        help="run the server",
-        description="Run the server. Every flag also reads ROOMCAST_<NAME> from the "
-        "environment; a flag given here wins over the environment.",
+    settings = argparse.ArgumentParser(add_help=False)
+    settings.add_argument(
+        "--config", default=None, help="a TOML file of settings [ROOMCAST_CONFIG]"
     )
     described = {row[0]: row for row in describe()}
     for f in fields(Settings):
         flag, env, default, text = described[flag_name(f.name)]
         kind: Any = {"int": int, "float": float}.get(str(f.type), str)
         many = str(f.type).startswith("tuple")
-        serve.add_argument(
+        settings.add_argument(
             flag,
             dest=f.name,
             type=kind,
@@ -56,6 +54,22 @@ def _parser() -> argparse.ArgumentParser:
             action="append" if many else "store",
             help=f"{text} [{env}" + (", comma-separated" if many else "") + f"; default {default}]",
         )
+    commands.add_parser(
+        "serve",
+        parents=[settings],
+        help="run the server",
+        description="Run the server. Settings come from defaults, then a --config TOML "
+        "file, then ROOMCAST_<NAME> environment variables, then these flags; each wins "
+        "over the ones before it.",
+    )
+    config = commands.add_parser(
+        "config",
+        parents=[settings],
+        help="print the effective settings (secrets masked)",
+        description="Print the settings `roomcast serve` would use with the same "
+        "flags, file and environment, as TOML, with secrets masked.",
+    )
+    config.add_argument("--print", action="store_true", help="print them (the default)")
     token = commands.add_parser(
         "token",
         help="mint a user token for --auth jwt (development)",
@@ -68,7 +82,60 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--admin", action="store_true", help="make the user an admin")
     token.add_argument("--room", action="append", dest="rooms", help="allowed room (repeatable)")
     token.add_argument("--ttl", type=float, default=3600.0, help="seconds until it expires")
+    remote = argparse.ArgumentParser(add_help=False)
+    remote.add_argument("--url", default="http://127.0.0.1:8080", help="the server's HTTP URL")
+    remote.add_argument(
+        "--token",
+        default=None,
+        help="API key or admin token [ROOMCAST_API_KEY, ROOMCAST_ADMIN_TOKEN]",
+    )
+    send = commands.add_parser("send", parents=[remote], help="post a message via the HTTP API")
+    send.add_argument("room")
+    send.add_argument("text")
+    send.add_argument("--name", default="cli", help="sender name shown in the room")
+    tail = commands.add_parser("tail", parents=[remote], help="print a room's messages live")
+    tail.add_argument("room")
+    tail.add_argument("--json", action="store_true", help="every event as a JSON line")
+    tail.add_argument("--count", type=int, default=None, help="stop after this many messages")
+    rooms = commands.add_parser("rooms", parents=[remote], help="list, create or update rooms")
+    rooms.add_argument("action", nargs="?", default="list", choices=["list", "create", "update"])
+    rooms.add_argument("room", nargs="?", help="room id (update; optional for create)")
+    rooms.add_argument("--name")
+    rooms.add_argument("--start-time", help="ISO 8601 with a zone, or 'none'")
+    rooms.add_argument("--open", dest="is_open", action="store_true", default=None)
+    rooms.add_argument("--closed", dest="is_open", action="store_false")
+    rooms.add_argument("--cooldown", type=float)
+    rooms.add_argument("--medium", type=int)
+    rooms.add_argument("--high", type=int)
     return parser
+
+
+def _remote(args: argparse.Namespace) -> int:
+    from roomcast import remote
+
+    if args.command == "send":
+        return asyncio.run(remote.send(args.url, args.room, args.text, args.name, args.token))
+    if args.command == "tail":
+        return asyncio.run(remote.tail(args.url, args.room, args.json, args.token, args.count))
+    fields: dict[str, Any] = {
+        key: value
+        for key, value in (
+            ("name", args.name),
+            ("isOpen", args.is_open),
+            ("cooldownSeconds", args.cooldown),
+            ("mediumThreshold", args.medium),
+            ("highThreshold", args.high),
+        )
+        if value is not None
+    }
+    if args.start_time is not None:
+        fields["startTime"] = None if args.start_time == "none" else args.start_time
+    if args.action == "create" and args.room:
+        fields["roomId"] = args.room
+    if args.action == "update" and not args.room:
+        print("roomcast: rooms update needs a room id", file=sys.stderr)
+        return 2
+    return asyncio.run(remote.rooms(args.url, args.action, args.token, fields, args.room))
 
 
 def _token(args: argparse.Namespace) -> int:
@@ -135,15 +202,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "token":
         return _token(args)
-    if args.command != "serve":
+    if args.command in ("send", "tail", "rooms"):
+        return _remote(args)
+    if args.command not in ("serve", "config"):
         parser.print_help()
         return 0 if args.command is None and argv is not None else 2
-    overrides = {k: v for k, v in vars(args).items() if k != "command"}
+    names = {f.name for f in fields(Settings)}
+    overrides = {k: v for k, v in vars(args).items() if k in names}
     try:
-        settings = load(overrides)
-    except ValueError as exc:
+        settings = load(overrides, config_file=args.config or os.environ.get("ROOMCAST_CONFIG"))
+    except (ValueError, OSError) as exc:
         print(f"roomcast: {exc}", file=sys.stderr)
         return 2
+    if args.command == "config":
+        print(to_toml(settings), end="")
+        return 0
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -7,6 +7,7 @@ docs/configuration.md (the table there is checked against this file by a test).
 from __future__ import annotations
 
 import os
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -27,6 +28,12 @@ class Settings:
     admin_token: str = field(
         default="",
         metadata={"help": "admin token; empty: a random one is generated and printed at start"},
+    )
+    api_key: str = field(
+        default="",
+        metadata={
+            "help": "key for the backend HTTP API (publish, history); the admin token works too"
+        },
     )
     auth: str = field(
         default="none",
@@ -176,13 +183,20 @@ def _convert(kind: Any, raw: str, name: str) -> Any:
     return raw
 
 
+SECRETS = frozenset({"admin_token", "api_key", "jwt_secret"})
+
+
 def load(
-    overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
+    overrides: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_file: str | None = None,
 ) -> Settings:
-    """Defaults, overridden by ROOMCAST_* environment variables, overridden by
-    `overrides` (the command-line flags that were given; None values are ignored)."""
+    """Defaults, overridden by a TOML `config_file`, overridden by ROOMCAST_* environment
+    variables, overridden by `overrides` (the flags given; None values are ignored)."""
     environ = os.environ if env is None else env
     values: dict[str, Any] = {}
+    if config_file:
+        values.update(_read_toml(config_file))
     for f in fields(Settings):
         raw = environ.get(env_name(f.name))
         if raw is not None and raw != "":
@@ -204,6 +218,43 @@ def describe() -> list[tuple[str, str, str, str]]:
         )
         for f in fields(Settings)
     ]
+
+
+def _read_toml(path: str) -> dict[str, Any]:
+    with open(path, "rb") as handle:
+        try:
+            data = tomllib.load(handle)
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+    known = {f.name: f for f in fields(Settings)}
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise ValueError(f"{path}: unknown setting {key!r}")
+        values[name] = tuple(value) if isinstance(value, list) else value
+    return values
+
+
+def to_toml(settings: Settings) -> str:
+    """The settings as TOML, secrets masked."""
+    lines = []
+    for f in fields(Settings):
+        value = getattr(settings, f.name)
+        if f.name in SECRETS and value:
+            value = "********"
+        if isinstance(value, tuple):
+            text = "[" + ", ".join(_toml_str(v) for v in value) + "]"
+        elif isinstance(value, str):
+            text = _toml_str(value)
+        else:
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+        lines.append(f"{f.name} = {text}\n")
+    return "".join(lines)
+
+
+def _toml_str(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def flag_name(name: str) -> str:

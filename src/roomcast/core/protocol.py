@@ -114,6 +114,33 @@ class UpdateRoom(Struct, frozen=True):
     highThreshold: Threshold | UnsetType = UNSET
 
 
+MessageText = Annotated[str, Meta(min_length=1)]
+
+
+class PublishMessage(Struct, frozen=True):
+    """HTTP API: post a message into a room as a named sender (a bot, a ticker)."""
+
+    name: NameIn
+    message: MessageText
+    userId: IdIn | None = None  # default: "api:" + name
+
+
+class BatchItem(Struct, frozen=True):
+    """One message of a batch publish."""
+
+    roomId: IdIn
+    name: NameIn
+    message: MessageText
+    userId: IdIn | None = None
+    idempotencyKey: ClientMsgId | None = None
+
+
+class BatchPublish(Struct, frozen=True):
+    """HTTP API: many messages, to many rooms, in one request."""
+
+    messages: Annotated[list[BatchItem], Meta(min_length=1, max_length=1000)]
+
+
 class MarkAnswered(Struct, frozen=True):
     """MARK_ANSWERED (admin)."""
 

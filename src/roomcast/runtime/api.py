@@ -9,13 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import importlib.resources
-from typing import Any
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 from aiohttp import web
 
 from roomcast.core.errors import ClientError, ErrorCode, StoreError, StoreOverloaded
-from roomcast.core.protocol import CreateRoom, RoomOut, UpdateRoom
+from roomcast.core.protocol import (
+    BatchPublish,
+    ChatOut,
+    CreateRoom,
+    PublishMessage,
+    RoomOut,
+    UpdateRoom,
+    normalize_id,
+)
 from roomcast.runtime.node import Node
 from roomcast.runtime.session import token_matches
 
@@ -33,6 +41,12 @@ _STATUS = {
 }
 
 _json = msgspec.json.Encoder()
+T = TypeVar("T")
+
+
+class HistoryQuery(msgspec.Struct, frozen=True):
+    since: Annotated[int, msgspec.Meta(ge=0)] | None = None  # None: the newest page
+    limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
 
 
 def _respond(body: Any, status: int = 200) -> web.Response:
@@ -61,6 +75,9 @@ class RoomsAPI:
             web.patch("/api/rooms/{room_id}", self.update_room),
             web.get("/api/openapi.json", self.openapi),
             web.get("/api/auth", self.auth),
+            web.post("/api/rooms/{room_id}/messages", self.publish),
+            web.get("/api/rooms/{room_id}/messages", self.history),
+            web.post("/api/messages", self.publish_batch),
         ]
 
     @web.middleware
@@ -75,15 +92,20 @@ class RoomsAPI:
         except StoreError:
             return error_response(ErrorCode.UNAVAILABLE, "storage failed; nothing was done")
 
-    def _require_admin(self, request: web.Request) -> None:
+    def _require_admin(self, request: web.Request, *, api_key: bool = False) -> None:
+        """The admin token, or (with `api_key`) the backend API key, as a Bearer token."""
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if not header:
-            raise ClientError(ErrorCode.UNAUTHORIZED, "send Authorization: Bearer <admin token>")
-        if scheme.lower() != "bearer" or not token_matches(
-            token.strip(), self.node.settings.admin_token
+            raise ClientError(ErrorCode.UNAUTHORIZED, "send Authorization: Bearer <token>")
+        token = token.strip()
+        settings = self.node.settings
+        if scheme.lower() == "bearer" and (
+            token_matches(token, settings.admin_token)
+            or (api_key and token_matches(token, settings.api_key))
         ):
-            raise ClientError(ErrorCode.FORBIDDEN, "that token is not an admin token")
+            return
+        raise ClientError(ErrorCode.FORBIDDEN, "that token does not allow this")
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
         try:  # a body that trickles in is cut off like a slow request line
@@ -138,6 +160,90 @@ class RoomsAPI:
         """200 {"admin": true} for the admin token; 401 or 403 otherwise."""
         self._require_admin(request)
         return _respond({"admin": True})
+
+    def _convert(self, body: Any, kind: type[T]) -> T:
+        try:
+            return msgspec.convert(body, kind)
+        except msgspec.ValidationError as exc:
+            raise ClientError(ErrorCode.INVALID_PAYLOAD, str(exc)) from None
+
+    def _check_text(self, text: str) -> None:
+        limit = self.node.settings.max_message_chars
+        if not text.strip():
+            raise ClientError(ErrorCode.INVALID_PAYLOAD, "message is empty")
+        if len(text) > limit:
+            raise ClientError(ErrorCode.INVALID_PAYLOAD, f"message is over {limit} characters")
+
+    async def _publish_one(
+        self, room_id: str, name: str, text: str, user_id: str | int | None, key: str | None
+    ) -> tuple[ChatOut, bool]:
+        self._check_text(text)
+        user = f"api:{name}" if user_id is None else normalize_id(user_id)
+        return await self.node.publish_as(room_id, user, name, text, key)
+
+    async def publish(self, request: web.Request) -> web.Response:
+        """POST /api/rooms/{roomId}/messages, with an optional Idempotency-Key."""
+        self._require_admin(request, api_key=True)
+        command = self._convert(await self._body(request), PublishMessage)
+        key = request.headers.get("Idempotency-Key")
+        if key is not None and not 0 < len(key) <= 64:
+            raise ClientError(ErrorCode.INVALID_PAYLOAD, "Idempotency-Key: 1 to 64 characters")
+        chat, replayed = await self._publish_one(
+            request.match_info["room_id"], command.name, command.message, command.userId, key
+        )
+        response = _respond(chat, 200 if replayed else 201)
+        if replayed:
+            response.headers["Idempotent-Replayed"] = "true"
+        return response
+
+    async def publish_batch(self, request: web.Request) -> web.Response:
+        """POST /api/messages: many messages; each answered in order, 201 or an error."""
+        self._require_admin(request, api_key=True)
+        batch = self._convert(await self._body(request), BatchPublish)
+        results: list[dict[str, Any]] = []
+        for item in batch.messages:
+            try:
+                chat, replayed = await self._publish_one(
+                    normalize_id(item.roomId),
+                    item.name,
+                    item.message,
+                    item.userId,
+                    item.idempotencyKey,
+                )
+            except ClientError as exc:
+                results.append(
+                    {
+                        "status": _STATUS.get(exc.code, 400),
+                        "error": {"code": exc.code.value, "message": exc.message},
+                    }
+                )
+            else:
+                results.append({"status": 200 if replayed else 201, "message": chat})
+        return _respond({"results": results})
+
+    async def history(self, request: web.Request) -> web.Response:
+        """GET /api/rooms/{roomId}/messages?since=OFFSET&limit=N: a page of history."""
+        self._require_admin(request, api_key=True)
+        room_id = request.match_info["room_id"]
+        query = {k: request.query[k] for k in ("since", "limit") if k in request.query}
+        try:
+            page = msgspec.convert(query, HistoryQuery, strict=False)
+        except msgspec.ValidationError as exc:
+            raise ClientError(ErrorCode.INVALID_PAYLOAD, str(exc)) from None
+        info = await self.node.room(room_id)
+        found = await self.node.store.history(room_id, page.limit, after=page.since)
+        messages = [self.node.chat_out(m, info) for m in found.messages]
+        next_since = messages[-1].offset if messages else (page.since or found.last_offset)
+        return _respond(
+            {
+                "roomId": room_id,
+                "messages": messages,
+                "lastOffset": found.last_offset,
+                "nextSince": next_since,
+                "complete": found.complete,
+                "epoch": self.node.store.epoch,
+            }
+        )
 
     async def openapi(self, request: web.Request) -> web.Response:
         doc = importlib.resources.files("roomcast").joinpath("static", "openapi.json")

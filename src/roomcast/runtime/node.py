@@ -338,6 +338,19 @@ class Node:
         else:
             self.hub.publish(room_id, payload)
 
+    async def publish_as(
+        self, room_id: str, user_id: str, name: str, text: str, key: str | None = None
+    ) -> tuple[ChatOut, bool]:
+        """Post a message from the server side (the HTTP API: a bot, a ticker). The room
+        rules for participants do not apply; `key` makes retries post once. Returns the
+        message and whether it had been posted already."""
+        info = await self.room(room_id, create=True)
+        result = await self.store.append(room_id, user_id, name, text, key)
+        chat = self.chat_out(result.message, self._rooms.get(room_id, info))
+        if not result.duplicate:
+            self.hub.publish(room_id, encode_event("ADD_CHAT", chat))
+        return chat, result.duplicate
+
     async def vote(
         self, member: Member, room_id: str, user_id: str, chat_id: str, *, up: bool
     ) -> None:
