@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import logging
 import os
 import secrets
 import signal
@@ -16,6 +15,7 @@ from typing import Any
 
 from roomcast import __version__
 from roomcast.config import Settings, describe, flag_name, load, to_toml
+from roomcast.logs import configure as configure_logging
 
 
 def _event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -217,9 +217,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "config":
         print(to_toml(settings), end="")
         return 0
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings.log_level, settings.log_format)
     with asyncio.Runner(loop_factory=_event_loop_factory(settings.loop)) as runner:
         return runner.run(_serve(settings))

@@ -125,6 +125,7 @@ class Settings:
     backlog: int = field(default=1024, metadata={"help": "listen backlog for connection bursts"})
     loop: str = field(default="auto", metadata={"help": "event loop: auto, uvloop or asyncio"})
     log_level: str = field(default="info", metadata={"help": "debug, info, warning or error"})
+    log_format: str = field(default="text", metadata={"help": "text, or json (one object a line)"})
 
     def __post_init__(self) -> None:
         for name in (
@@ -162,6 +163,8 @@ class Settings:
             raise ValueError("rooms must be open or managed")
         if self.loop not in ("auto", "uvloop", "asyncio"):
             raise ValueError("loop must be auto, uvloop or asyncio")
+        if self.log_format not in ("text", "json"):
+            raise ValueError("log_format must be text or json")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ValueError("log_level must be debug, info, warning or error")
 

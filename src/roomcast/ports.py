@@ -84,6 +84,10 @@ class Store(Protocol):
         """Finish pending writes and release resources; idempotent."""
         ...
 
+    async def ping(self) -> None:
+        """Return when the backend answers; raise StoreError when it does not."""
+        ...
+
     # ------------------------------------------------------------ messages
 
     @property

@@ -65,6 +65,9 @@ class MemoryStore:
     async def close(self) -> None:
         return None
 
+    async def ping(self) -> None:
+        return None
+
     # ------------------------------------------------------------ messages
 
     async def append(

@@ -8,13 +8,16 @@ call raises `StoreOverloaded` at once.
 
 The database is opened in WAL mode with `synchronous=NORMAL` (a committed message
 survives a crash of roomcast; the last transactions may be lost if the machine itself
-loses power) and `locking_mode=EXCLUSIVE`, so a second process cannot open the same
-file by mistake and assign conflicting offsets.
+loses power). An exclusive lock on `PATH.lock` keeps a second roomcast from opening
+the same file by mistake and assigning conflicting offsets, while other readers (an
+online backup with `sqlite3 PATH ".backup copy.db"`) still can.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import queue
 import secrets
 import sqlite3
@@ -115,6 +118,17 @@ def _room(row: tuple[Any, ...]) -> RoomInfo:
     )
 
 
+def _lock_file(path: str) -> int:
+    """Open and exclusively lock `path`; OSError if another process holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise OSError(f"{path} is locked: is another roomcast using this database?") from None
+    return fd
+
+
 def _key(chat_id: str) -> int:
     """The integer primary key of a chat id; -1 (never used) for anything else."""
     return int(chat_id) if chat_id.isdigit() and len(chat_id) < 17 else -1
@@ -134,6 +148,7 @@ class SqliteStore:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped: asyncio.Future[None] | None = None
         self._epoch: str | None = None
+        self._lock: int | None = None  # fd holding the lock file
 
     # ------------------------------------------------------------ lifecycle
 
@@ -155,6 +170,9 @@ class SqliteStore:
         self._thread = None
 
     # ------------------------------------------------------------ the port
+
+    async def ping(self) -> None:
+        await self._submit(lambda conn: conn.execute("SELECT 1").fetchone())
 
     @property
     def epoch(self) -> str:
@@ -256,12 +274,12 @@ class SqliteStore:
         assert loop is not None
         assert self._stopped is not None
         try:
+            self._lock = _lock_file(self._path + ".lock")
             conn = sqlite3.connect(
                 self._path, timeout=1.0, isolation_level=None, check_same_thread=False
             )
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA locking_mode=EXCLUSIVE")
             conn.executescript(_SCHEMA)
             conn.execute("BEGIN IMMEDIATE")  # takes the exclusive lock now, not later
             for key, value in (("epoch", secrets.token_hex(8)), ("schema", SCHEMA_VERSION)):
@@ -271,7 +289,10 @@ class SqliteStore:
             if meta["schema"] != SCHEMA_VERSION:
                 raise sqlite3.DatabaseError(f"schema version {meta['schema']} is not supported")
             self._epoch = meta["epoch"]
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
+            if self._lock is not None:
+                os.close(self._lock)
+                self._lock = None
             error = StoreError(f"cannot open SQLite store {self._path!r}: {exc}")
             loop.call_soon_threadsafe(ready.set_exception, error)
             loop.call_soon_threadsafe(self._stopped.set_result, None)
@@ -281,6 +302,9 @@ class SqliteStore:
             self._serve(conn, loop)
         finally:
             conn.close()
+            if self._lock is not None:
+                os.close(self._lock)
+                self._lock = None
             loop.call_soon_threadsafe(self._stopped.set_result, None)
 
     def _serve(self, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop) -> None:

@@ -9,10 +9,12 @@ from roomcast.runtime.outbox import Outbox
 class Hub:
     """Rooms of this process. A room exists while it has at least one member."""
 
-    __slots__ = ("_rooms",)
+    __slots__ = ("_rooms", "deliveries", "publishes")
 
     def __init__(self) -> None:
         self._rooms: dict[str, dict[Outbox, None]] = {}
+        self.publishes = 0  # events published (one per message, vote, ...)
+        self.deliveries = 0  # frames handed to outboxes
 
     def join(self, room_id: str, box: Outbox) -> None:
         members = self._rooms.get(room_id)
@@ -37,6 +39,8 @@ class Hub:
         frame = text_frame(payload)
         for box in members:
             box.send(frame)
+        self.publishes += 1
+        self.deliveries += len(members)
         return len(members)
 
     def room_count(self) -> int:

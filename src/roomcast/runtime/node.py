@@ -49,6 +49,7 @@ from roomcast.runtime.frames import text_frame
 from roomcast.runtime.hub import Hub
 from roomcast.runtime.outbox import Outbox
 from roomcast.runtime.presence import Presence
+from roomcast.runtime.stats import Stats
 
 COOLDOWN_PRUNE_AT = 10_000  # cooldown entries per room before expired ones are dropped
 
@@ -71,10 +72,16 @@ class Node:
     """Everything one process knows about rooms, and the only writer to its hubs."""
 
     def __init__(
-        self, settings: Settings, store: Store, *, clock: Callable[[], float] = time.time
+        self,
+        settings: Settings,
+        store: Store,
+        *,
+        clock: Callable[[], float] = time.time,
+        stats: Stats | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
+        self.stats = stats or Stats()
         self.hub = Hub()  # every member of a room
         self.admins = Hub()  # admin members of a room, for ADMIN_ALERT
         self.presence = Presence()
@@ -320,10 +327,12 @@ class Node:
                 last[user_id] = (now, client_msg_id)
                 if len(last) > COOLDOWN_PRUNE_AT:
                     _prune(last, now - int(info.cooldown_seconds * 1000))
+        started = time.perf_counter()
         try:
             result = await self.store.append(
                 room_id, user_id, member.rooms[room_id], text, client_msg_id
             )
+            self.stats.store_latency.observe(time.perf_counter() - started)
         except BaseException:
             if not retry:
                 if previous is None:

@@ -22,7 +22,7 @@ from aiohttp import WSMsgType, hdrs, web
 from roomcast import __version__
 from roomcast.adapters import open_store
 from roomcast.config import Settings
-from roomcast.core.errors import ClientError, CloseCode, ErrorCode
+from roomcast.core.errors import ClientError, CloseCode, ErrorCode, StoreError
 from roomcast.core.tokens import Identity, TokenVerifier
 from roomcast.ports import Store
 from roomcast.runtime.api import RoomsAPI, error_response
@@ -31,6 +31,7 @@ from roomcast.runtime.guard import client_address, origin_allowed
 from roomcast.runtime.node import Node
 from roomcast.runtime.outbox import Flusher, Outbox
 from roomcast.runtime.session import Session, token_matches
+from roomcast.runtime.stats import Stats, register, watch_loop_lag
 
 log = logging.getLogger("roomcast.server")
 
@@ -79,7 +80,9 @@ class RoomcastServer:
         self.store: Store = store or open_store(
             settings.store, history_max=settings.history_max, queue_max=settings.store_queue_max
         )
-        self.node = Node(settings, self.store, clock=clock)
+        self.stats = Stats()
+        self.node = Node(settings, self.store, clock=clock, stats=self.stats)
+        self._lag_task: asyncio.Task[None] | None = None
         self._sockets: dict[web.WebSocketResponse, Outbox] = {}
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -90,6 +93,7 @@ class RoomcastServer:
             else None
         )
         self._echo_path = echo_path
+        self._render_metrics = register(self)  # last: the registry reads the server now
         self._runner: web.AppRunner | None = None
         self._flusher: Flusher | None = None
         self.port = settings.port
@@ -112,6 +116,8 @@ class RoomcastServer:
         if self._echo_path is not None:
             app.router.add_get(self._echo_path, self._echo)
         app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
         self._runner = web.AppRunner(
             app,
             access_log=None,
@@ -135,6 +141,7 @@ class RoomcastServer:
             await self._runner.cleanup()
             await self.store.close()
             raise
+        self._lag_task = asyncio.get_running_loop().create_task(watch_loop_lag(self.stats))
         for address in self._runner.addresses:
             if isinstance(address, tuple):
                 self.port = int(address[1])
@@ -148,6 +155,8 @@ class RoomcastServer:
         if self._runner is None:
             return
         runner, self._runner = self._runner, None
+        if self._lag_task is not None:
+            self._lag_task.cancel()
         for site in list(runner.sites):
             await site.stop()
         sockets = list(self._sockets.items())
@@ -186,7 +195,31 @@ class RoomcastServer:
     # ------------------------------------------------------------ HTTP
 
     async def _healthz(self, request: web.Request) -> web.Response:
+        """Alive: the process answers."""
         return web.json_response({"status": "ok", "version": __version__})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        """Ready: the store answers (and, with a broker, the broker)."""
+        try:
+            await asyncio.wait_for(self.store.ping(), timeout=2.0)
+        except (StoreError, TimeoutError) as exc:
+            return web.json_response({"ready": False, "store": str(exc) or "timeout"}, status=503)
+        return web.json_response({"ready": True, "store": "ok"})
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        """Prometheus text format."""
+        return web.Response(
+            body=self._render_metrics(),
+            content_type="text/plain",
+            charset="utf-8",
+            headers={"X-Content-Type-Options": "nosniff"},
+        )
+
+    def connection_count(self) -> int:
+        return len(self._sockets)
+
+    def queued_bytes(self) -> int:
+        return sum(box.buffered_bytes() for box in self._sockets.values())
 
     async def _root(self, request: web.Request) -> web.StreamResponse:
         if request.headers.get(hdrs.UPGRADE, "").lower() == "websocket":
@@ -203,10 +236,12 @@ class RoomcastServer:
         settings = self.settings
         origin = request.headers.get(hdrs.ORIGIN)
         if not origin_allowed(origin, request.host, settings.allowed_origins):
+            self.stats.refused["origin"] += 1
             log.warning("refused a WebSocket from origin %r", origin)
             return error_response(ErrorCode.FORBIDDEN, f"origin {origin!r} is not allowed")
         address = self._address(request)
         if self._per_ip.get(address, 0) >= settings.max_connections_per_ip:
+            self.stats.refused["per_ip"] += 1
             return error_response(
                 ErrorCode.TOO_MANY_CONNECTIONS,
                 f"at most {settings.max_connections_per_ip} connections per address",
@@ -236,6 +271,7 @@ class RoomcastServer:
         try:
             is_admin, identity = self._query_identity(request)
         except ClientError as exc:
+            self.stats.refused["token"] += 1
             return error_response(exc.code, exc.message)
         ws = web.WebSocketResponse(
             protocols=SUBPROTOCOLS,
@@ -250,16 +286,19 @@ class RoomcastServer:
         assert self._flusher is not None
         conn_id = f"c{next(self._ids)}"
         address = self._address(request)
+        self.stats.connections_total += 1
+        extra = {"conn": conn_id}
         loop = asyncio.get_running_loop()
 
         def close(code: int, reason: str) -> None:
-            log.info("%s: closing (%s %s)", conn_id, code, reason)
+            log.info("%s: closing (%s %s)", conn_id, code, reason, extra=extra)
+            self.stats.closes[code] += 1
             session.close()
             box.flush()
             self._spawn(self._close_hard(ws, box, code, reason))
 
         def overflow() -> None:
-            log.warning("%s: slow consumer closed (%s)", conn_id, CloseCode.SLOW_CONSUMER)
+            log.warning("%s: slow consumer", conn_id, extra=extra)
             close(CloseCode.SLOW_CONSUMER, "slow consumer")
 
         box = Outbox(
@@ -281,14 +320,14 @@ class RoomcastServer:
             )
         self._sockets[ws] = box
         self._per_ip[address] = self._per_ip.get(address, 0) + 1
-        log.debug("%s: connected (%s)", conn_id, ws.ws_protocol)
+        log.debug("%s: connected (%s)", conn_id, ws.ws_protocol, extra=extra)
         try:
             async for msg in ws:
                 if msg.type is WSMsgType.TEXT:
                     try:
                         await session.handle_text(msg.data)
                     except Exception:
-                        log.exception("%s: failed on a message", conn_id)
+                        log.exception("%s: failed on a message", conn_id, extra=extra)
                         session.send_error(ErrorCode.INTERNAL_ERROR, "the server failed on it")
                 elif msg.type is WSMsgType.BINARY:
                     session.handle_binary()
@@ -304,7 +343,7 @@ class RoomcastServer:
                 self._per_ip[address] = left
             else:
                 del self._per_ip[address]
-            log.debug("%s: disconnected (%s)", conn_id, ws.close_code)
+            log.debug("%s: disconnected (%s)", conn_id, ws.close_code, extra=extra)
         return ws
 
     @staticmethod

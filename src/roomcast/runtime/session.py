@@ -134,6 +134,7 @@ class Session:
         except ClientError as exc:
             self.send_error(exc.code, exc.message)
             return
+        self.node.stats.messages_in[kind] += 1
         raw_room = getattr(command, "roomId", None)
         room_id = None if raw_room is None else normalize_id(raw_room)
         client_msg_id = getattr(command, "clientMsgId", None)
@@ -187,6 +188,7 @@ class Session:
         room_id: str | None = None,
         **details: str | int,
     ) -> None:
+        self.node.stats.errors[code.value] += 1
         frame = encode_error(code, message, type=kind, room_id=room_id, details=details)
         self.outbox.send(text_frame(frame))
 

@@ -1,0 +1,118 @@
+"""Operational numbers, counted as plain integers on the hot path and turned into
+Prometheus metrics only when /metrics is scraped."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from roomcast.runtime.server import RoomcastServer
+
+
+class Stats:
+    """Counters the server, sessions and node update."""
+
+    def __init__(self) -> None:
+        self.connections_total = 0
+        self.refused: Counter[str] = Counter()  # upgrade refusals by reason
+        self.messages_in: Counter[str] = Counter()  # client messages by type
+        self.errors: Counter[str] = Counter()  # ERROR frames by code
+        self.closes: Counter[int] = Counter()  # server-initiated closes by code
+        self.loop_lag = 0.0  # seconds, last measurement
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.store_latency = Histogram(
+            "roomcast_store_append_seconds",
+            "Time to store one chat message (until it is durable).",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=self.registry,
+        )
+
+
+class _Collector(Collector):
+    def __init__(self, server: RoomcastServer) -> None:
+        self.server = server
+
+    def collect(self) -> Iterator[Metric]:
+        server, stats = self.server, self.server.stats
+        hub = server.node.hub
+        yield _gauge(
+            "roomcast_connections", "Open WebSocket connections.", server.connection_count()
+        )
+        yield _counter(
+            "roomcast_connections_total", "WebSocket connections accepted.", stats.connections_total
+        )
+        yield _counter(
+            "roomcast_handshakes_refused_total",
+            "Upgrades refused, by reason.",
+            stats.refused,
+            "reason",
+        )
+        yield _gauge("roomcast_rooms", "Rooms with members on this node.", hub.room_count())
+        yield _counter(
+            "roomcast_messages_in_total",
+            "Client messages handled, by type.",
+            stats.messages_in,
+            "type",
+        )
+        yield _counter(
+            "roomcast_events_published_total", "Events published to rooms.", hub.publishes
+        )
+        yield _counter("roomcast_deliveries_total", "Frames handed to connections.", hub.deliveries)
+        yield _counter("roomcast_errors_total", "ERROR frames sent, by code.", stats.errors, "code")
+        yield _counter(
+            "roomcast_closes_total",
+            "Connections closed by the server, by code.",
+            {str(k): v for k, v in stats.closes.items()},
+            "code",
+        )
+        yield _gauge(
+            "roomcast_queue_bytes",
+            "Bytes queued for all connections, unsent.",
+            server.queued_bytes(),
+        )
+        yield _gauge(
+            "roomcast_event_loop_lag_seconds", "How late the event loop woke up.", stats.loop_lag
+        )
+
+
+def _counter(
+    name: str, text: str, value: int | Counter[str] | dict[str, int], label: str = ""
+) -> Metric:
+    family = CounterMetricFamily(
+        name.removesuffix("_total"), text, labels=[label] if label else None
+    )
+    if isinstance(value, dict):
+        for key, count in sorted(value.items()):
+            family.add_metric([key], count)
+    else:
+        family.add_metric([], value)
+    return family
+
+
+def _gauge(name: str, text: str, value: float) -> Metric:
+    return GaugeMetricFamily(name, text, value=value)
+
+
+def register(server: RoomcastServer) -> Callable[[], bytes]:
+    """Attach the server's collector; returns the function that renders a scrape."""
+    server.stats.registry.register(_Collector(server))
+    return lambda: generate_latest(server.stats.registry)
+
+
+async def watch_loop_lag(stats: Stats, interval: float = 0.5) -> None:
+    """Measure, forever, how much later than asked the event loop wakes up."""
+    loop = asyncio.get_running_loop()
+    while True:
+        started = loop.time()
+        await asyncio.sleep(interval)
+        stats.loop_lag = max(0.0, loop.time() - started - interval)
+
+
+__all__ = ["Stats", "register", "watch_loop_lag"]

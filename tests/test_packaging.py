@@ -1,0 +1,83 @@
+"""The wheel builds, installs into a fresh virtual environment and serves a chat."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+from tests.helpers import Client, timeout
+from tests.test_cli import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_wheel_installs_and_serves(tmp_path: Path) -> None:
+    """pip wheel → fresh venv → pip install → `roomcast serve` → two clients chat."""
+    dist = tmp_path / "dist"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(dist), str(ROOT)],
+        check=True,
+        timeout=timeout(300),
+    )
+    (wheel,) = dist.glob("roomcast-*.whl")
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    python = env_dir / "bin" / "python"
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", str(wheel)],
+        check=True,
+        timeout=timeout(600),
+    )
+    metadata = subprocess.run(
+        [
+            str(python),
+            "-c",
+            "import importlib.metadata as m; d = m.metadata('roomcast'); "
+            "print(d['License-Expression'], d['Requires-Python'], len(d.get_all('Classifier')))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert metadata[:2] == ["MIT", ">=3.11"]
+    assert int(metadata[2]) >= 10
+    port = free_port()
+    with subprocess.Popen(
+        [str(env_dir / "bin" / "roomcast"), "serve", "--port", str(port)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            assert "serving" in proc.stdout.readline()
+
+            async def chat() -> None:
+                a = await Client.connect(f"ws://127.0.0.1:{port}/", subprotocols=["echo-protocol"])
+                b = await Client.connect(f"ws://127.0.0.1:{port}/")
+                await a.join("2", 1, "ann")
+                await b.join("2", 2, "bob")
+                await a.send("SEND_MESSAGE", userId=1, roomId="2", message="from the wheel")
+                assert (await b.expect("ADD_CHAT"))["message"] == "from the wheel"
+                await a.close()
+                await b.close()
+
+            asyncio.run(chat())
+            page = subprocess.run(
+                [
+                    str(python),
+                    "-c",
+                    f"import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:{port}/static/js/app.js').status)",
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            assert page.stdout.strip() == "200"  # the browser client ships in the wheel
+        finally:
+            proc.send_signal(2)
+            assert proc.wait(timeout(10)) == 0
