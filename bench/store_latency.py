@@ -90,9 +90,8 @@ async def main(messages: int, senders: int) -> None:
             "memory://": await run("memory://", messages, senders),
             "sqlite://": await run(f"sqlite:///{Path(tmp) / 'bench.db'}", messages, senders),
         }
-    print(
-        f"{'store':10} {'msg/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'lag p99':>8} {'lag max':>8}"
-    )
+    header = ("store", "msg/s", "p50 ms", "p99 ms", "max ms", "lag p99", "lag max")
+    print("{:10} {:>8} {:>7} {:>7} {:>7} {:>8} {:>8}".format(*header))
     for store, r in results.items():
         print(
             f"{store:10} {r['messages_per_s']:8.0f} {r['p50_ms']:7.2f} {r['p99_ms']:7.2f}"
