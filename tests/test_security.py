@@ -196,15 +196,14 @@ async def test_refresh_keeps_the_connection_and_expiry_closes_it(
     await client.join("r", "c")
     await client.send("AUTH", token=mint(SECRET, user="someone-else"))
     await client.expect_error("user_mismatch")
-    await client.send("AUTH", token=mint(SECRET, user="c", ttl_seconds=3))
+    # exp is whole seconds: the first token ends 1-2 s from now, the refreshed one 5-6 s.
+    await client.send("AUTH", token=mint(SECRET, user="c", ttl_seconds=6))
     await client.expect("AUTH_OK")
-    await asyncio.sleep(2.2)  # past the first token's expiry
+    await asyncio.sleep(2.5)  # past the first token's expiry
     await client.send("SEND_MESSAGE", userId="c", roomId="r", message="still here")
     await client.expect("ADD_CHAT")
-    with pytest.raises(websockets.ConnectionClosed) as closed:
-        await client.expect("never", wait=5)
-    assert closed.value.rcvd is not None
-    assert closed.value.rcvd.code == 4001
+    _, code = await client.read_until_closed(wait=timeout(8))
+    assert code == 4001
 
 
 def test_token_command_mints_a_working_token(capsys: pytest.CaptureFixture[str]) -> None:
@@ -398,3 +397,58 @@ async def test_admin_token_in_url_is_not_logged(caplog: pytest.LogCaptureFixture
     server_side = [r for r in caplog.records if not r.name.startswith("websockets")]
     assert server_side, "the server logged nothing at DEBUG"
     assert all(TEST_ADMIN_TOKEN not in r.getMessage() for r in server_side)
+
+
+@pytest.mark.parametrize("algorithm", ["ES256", "RS256"])
+async def test_public_key_tokens(tmp_path: Path, algorithm: str) -> None:
+    """--jwt-public-key verifies ES256 and RS256 tokens signed with the private key;
+    an HS256 token forged with the public key as a secret is refused."""
+    import jwt
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    key = (
+        ec.generate_private_key(ec.SECP256R1())
+        if algorithm == "ES256"
+        else rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    pem = tmp_path / "public.pem"
+    pem.write_bytes(public)
+    good = jwt.encode({"sub": "kim", "exp": int(time.time()) + 60}, key, algorithm=algorithm)
+    async with running_server(auth="jwt", jwt_public_key=str(pem)) as srv:
+        client = await Client.connect(srv.url + f"?token={good}")
+        await client.send("JOIN_ROOM", name="k", userId="ignored", roomId="r")
+        await client.expect("ROOM_HISTORY")
+        await client.send("SEND_MESSAGE", userId="ignored", roomId="r", message="signed")
+        assert (await client.expect("ADD_CHAT"))["userId"] == "kim"
+        await client.close()
+        forged = jwt.encode(
+            {"sub": "eve", "exp": int(time.time()) + 60}, "x" * 32, algorithm="HS256"
+        )
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await Client.connect(srv.url + f"?token={forged}")
+        assert refused.value.response.status_code == 401
+
+
+async def test_permessage_deflate_when_enabled_is_bounded_after_inflate() -> None:
+    """With --permessage-deflate, compressed messages work, and a compression bomb
+    (10 MB of one letter, a few KB on the wire) is closed with 1009 once inflated past
+    max_frame_bytes, without the server inflating it all."""
+    async with running_server(permessage_deflate=True) as srv:
+        client = await Client.connect(srv.url, compression="deflate", max_size=None)
+        assert client.ws.response is not None
+        assert "permessage-deflate" in client.ws.response.headers.get(
+            "Sec-WebSocket-Extensions", ""
+        )
+        await client.join("z", "u")
+        await client.send("SEND_MESSAGE", userId="u", roomId="z", message="a" * 1500)
+        assert (await client.expect("ADD_CHAT"))["message"] == "a" * 1500
+        await client.send_raw("b" * 10_000_000)
+        _, code = await client.read_until_closed()
+        assert code == 1009
+        other = await Client.connect(srv.url)
+        await other.join("z", "o")
+        await other.close()

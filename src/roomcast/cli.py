@@ -46,6 +46,15 @@ def _parser() -> argparse.ArgumentParser:
         flag, env, default, text = described[flag_name(f.name)]
         kind: Any = {"int": int, "float": float}.get(str(f.type), str)
         many = str(f.type).startswith("tuple")
+        if str(f.type) == "bool":
+            settings.add_argument(
+                flag,
+                dest=f.name,
+                default=None,
+                action=argparse.BooleanOptionalAction,
+                help=f"{text} [{env}; default {default}]",
+            )
+            continue
         settings.add_argument(
             flag,
             dest=f.name,

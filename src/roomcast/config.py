@@ -102,6 +102,13 @@ class Settings:
     max_frame_bytes: int = field(
         default=65_536, metadata={"help": "largest WebSocket message accepted; over it: close 1009"}
     )
+    permessage_deflate: bool = field(
+        default=False,
+        metadata={
+            "help": "accept compressed client messages (inflated size capped by "
+            "max_frame_bytes); replies stay uncompressed"
+        },
+    )
     max_rooms_per_connection: int = field(
         default=100, metadata={"help": "rooms one connection may be in at once"}
     )
@@ -174,6 +181,11 @@ def env_name(name: str) -> str:
 
 
 def _convert(kind: Any, raw: str, name: str) -> Any:
+    if kind in (bool, "bool"):
+        value = raw.strip().lower()
+        if value not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            raise ValueError(f"{env_name(name)}={raw!r} is not true or false")
+        return value in ("1", "true", "yes", "on")
     if str(kind).startswith("tuple"):
         return tuple(part.strip() for part in raw.split(",") if part.strip())
     try:

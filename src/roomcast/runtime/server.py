@@ -277,7 +277,9 @@ class RoomcastServer:
             protocols=SUBPROTOCOLS,
             max_msg_size=settings.max_frame_bytes,
             heartbeat=settings.ping_interval or None,
-            compress=False,
+            # Compressed messages are inflated by aiohttp with a cap of max_msg_size;
+            # what roomcast sends stays uncompressed (RFC 7692 allows that).
+            compress=settings.permessage_deflate,
         )
         await ws.prepare(request)
         transport = request.transport
