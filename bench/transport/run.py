@@ -34,7 +34,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 RESULTS = REPO / "bench" / "results"
-LIBS = ("websockets", "aiohttp", "picows")
+LIBS = ("websockets", "aiohttp", "picows", "roomcast")
 
 
 def free_port() -> int:
@@ -113,6 +113,8 @@ def run_one(lib: str, uvloop: bool, rate: float, args: argparse.Namespace) -> di
             gen += ["--receivers", str(args.receivers), "--duration", str(args.duration)]
             gen += ["--warmup", str(args.warmup), "--tail", str(args.tail)]
             gen += ["--drain", str(args.drain), "--workers", str(args.workers)]
+            if lib == "roomcast":
+                gen += ["--roomcast"]
             budget = args.warmup + args.duration + args.tail + args.drain + 180
             try:
                 proc = subprocess.run(pin_gen + gen, capture_output=True, text=True, timeout=budget)

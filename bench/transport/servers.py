@@ -196,7 +196,31 @@ async def serve_picows(port: int) -> None:
     await server.serve_forever()
 
 
+async def serve_roomcast(port: int) -> None:
+    """roomcast itself, with the limits a benchmark would trip lifted: the memory store,
+    no rate limit, no per-address cap, no presence broadcasts to the crowd."""
+    from roomcast.config import Settings
+    from roomcast.runtime.server import RoomcastServer
+
+    settings = Settings(
+        host=HOST,
+        port=port,
+        store="memory://",
+        admin_token="bench",
+        max_message_rate=1e9,
+        message_burst=10**9,
+        max_connections_per_ip=1_000_000,
+        presence_broadcast_max=10,
+        drain_time=0.0,
+    )
+    server = RoomcastServer(settings)
+    await server.start()
+    ready(port)
+    await asyncio.Event().wait()
+
+
 SERVERS: dict[str, Callable[[int], Coroutine[Any, Any, None]]] = {
+    "roomcast": serve_roomcast,
     "websockets": serve_websockets,
     "aiohttp": serve_aiohttp,
     "picows": serve_picows,
