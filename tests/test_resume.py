@@ -71,6 +71,9 @@ async def test_resume_beyond_resume_max_is_not_recovered() -> None:
         )
         resumed = await client.expect("ROOM_HISTORY")
         assert resumed["recovered"] is False
+        # Not the oldest slice: the newest messages, and fromOffset says what they cover.
+        assert [m["offset"] for m in resumed["messages"]][-1] == 10
+        assert resumed["fromOffset"] == resumed["messages"][0]["offset"] - 1
         await client.send(
             "JOIN_ROOM", name="n", userId="u", roomId="r", since=5, epoch=page["epoch"]
         )

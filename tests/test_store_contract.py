@@ -109,6 +109,9 @@ async def test_history_after_an_offset(store: Store) -> None:
     short = await store.history("r", 2, after=1)
     assert [m.offset for m in short.messages] == [2, 3]
     assert not short.complete
+    newest = await store.history("r", 2, after=1, newest_if_incomplete=True)
+    assert [m.offset for m in newest.messages] == [5, 6]
+    assert not newest.complete
     assert (await store.history("r", 10, after=6)).messages == []
     assert (await store.history("empty", 10, after=0)).complete
 

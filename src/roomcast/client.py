@@ -195,6 +195,7 @@ class RoomcastClient:
 
     async def _run(self) -> None:
         attempt = 0
+        loop = asyncio.get_running_loop()
         assert self._session is not None
         while True:
             self._status("connecting" if attempt == 0 else "reconnecting")
@@ -207,7 +208,7 @@ class RoomcastClient:
                     max_msg_size=16 * 1024 * 1024,
                 ) as ws:
                     self._ws = ws
-                    attempt = 0
+                    opened = loop.time()
                     if self.token:
                         await ws.send_str(_frame("AUTH", {"token": self.token}))
                     for room_id, room in self._rooms.items():
@@ -216,8 +217,13 @@ class RoomcastClient:
                     self._live.set()
                     async for message in ws:
                         if message.type is aiohttp.WSMsgType.TEXT:
-                            await self._receive(message.data)
+                            try:
+                                await self._receive(message.data)
+                            except (msgspec.DecodeError, msgspec.ValidationError):
+                                continue  # a frame this client version cannot read
                     code = ws.close_code
+                    if loop.time() - opened > 5:
+                        attempt = 0  # it was up for a while: start the backoff over
             except (aiohttp.ClientError, OSError, TimeoutError):
                 pass
             finally:

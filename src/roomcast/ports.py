@@ -69,8 +69,9 @@ class Store(Protocol):
       current vote counts, the room's last offset and the voter's own votes, in one
       atomic read, so a joiner neither misses nor doubles a message. With `after=N` it
       returns instead the messages with offset > N, oldest first, at most `limit`, and
-      `complete` says whether that is all of them (False when some were evicted or
-      more than `limit` exist).
+      `complete` says whether that is all of them (False when some were evicted or more
+      than `limit` exist); with `newest_if_incomplete`, an incomplete answer holds the
+      newest `limit` messages instead (what a client that cannot resume needs).
     - When an adapter cannot take more work it raises `StoreOverloaded` at once instead
       of queueing without bound. Other backend failures raise `StoreError`.
     - Every method is safe to call concurrently from one event loop.
@@ -128,6 +129,7 @@ class Store(Protocol):
         voter: str | None = None,
         alerts: bool = False,
         after: int | None = None,
+        newest_if_incomplete: bool = False,
     ) -> HistoryPage:
         """The last `limit` messages of the room, or those after offset `after`, oldest
         first (see the class doc); with `alerts`, also every message whose alert was

@@ -146,6 +146,7 @@ class MemoryStore:
         voter: str | None = None,
         alerts: bool = False,
         after: int | None = None,
+        newest_if_incomplete: bool = False,
     ) -> HistoryPage:
         room = self._rooms.get(room_id)
         if room is None:
@@ -156,8 +157,11 @@ class MemoryStore:
             page = live[-limit:] if limit > 0 else []
         else:
             newer = [c for c in live if c.message.offset > after]
-            page = newer[:limit]
             complete = after >= room.evicted_upto and len(newer) <= limit
+            if complete or not newest_if_incomplete:
+                page = newer[:limit]
+            else:
+                page = live[-limit:] if limit > 0 else []
         voted = [c.message.chat_id for c in page if voter is not None and voter in c.voters]
         pending = [c.snapshot() for c in live if c.alerted and not c.answered] if alerts else []
         return HistoryPage([c.snapshot() for c in page], room.last_offset, voted, pending, complete)

@@ -215,9 +215,10 @@ class SqliteStore:
         voter: str | None = None,
         alerts: bool = False,
         after: int | None = None,
+        newest_if_incomplete: bool = False,
     ) -> HistoryPage:
         result: HistoryPage = await self._submit(
-            self._history, room_id, limit, voter, alerts, after
+            self._history, room_id, limit, voter, alerts, after, newest_if_incomplete
         )
         return result
 
@@ -246,7 +247,7 @@ class SqliteStore:
     # ------------------------------------------------------------ loop side
 
     def _submit(self, op: _Op, *args: Any) -> asyncio.Future[Any]:
-        if self._loop is None or self._thread is None:
+        if self._loop is None or self._thread is None or not self._thread.is_alive():
             raise StoreError("the SQLite store is not open")
         if self._pending >= self._queue_max:
             raise StoreOverloaded(f"{self._pending} SQLite operations are already queued")
@@ -302,10 +303,25 @@ class SqliteStore:
             self._serve(conn, loop)
         finally:
             conn.close()
+            self._fail_queued(loop)
             if self._lock is not None:
                 os.close(self._lock)
                 self._lock = None
             loop.call_soon_threadsafe(self._stopped.set_result, None)
+
+    def _fail_queued(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Nothing waits forever: fail whatever is still queued when the worker stops."""
+        error = StoreError("the SQLite store is closed")
+        failed: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                failed.append((item[2], None, error))
+        if failed:
+            loop.call_soon_threadsafe(self._resolve, failed)
 
     def _serve(self, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop) -> None:
         while True:
@@ -335,10 +351,16 @@ class SqliteStore:
         try:
             conn.execute("BEGIN IMMEDIATE")
             for op, args, future in batch:
+                conn.execute("SAVEPOINT op")
                 try:
                     results.append((future, op(conn, *args), None))
                 except (UnknownChat, UnknownRoom, RoomExists) as exc:
                     results.append((future, None, exc))
+                except Exception as exc:  # one bad operation must not sink the others
+                    conn.execute("ROLLBACK TO op")
+                    self._offsets.clear()
+                    results.append((future, None, StoreError(f"SQLite failed: {exc!r}")))
+                conn.execute("RELEASE op")
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
@@ -475,6 +497,7 @@ class SqliteStore:
         voter: str | None,
         alerts: bool,
         after: int | None,
+        newest_if_incomplete: bool,
     ) -> HistoryPage:
         complete = True
         limit = max(limit, 0)
@@ -492,6 +515,13 @@ class SqliteStore:
             ).fetchall()
             complete = len(rows) <= limit
             rows = rows[:limit]
+            if not complete and newest_if_incomplete:  # too many to replay: the newest
+                rows = conn.execute(
+                    f"SELECT {_COLUMNS} FROM messages WHERE room_id = ?"
+                    " ORDER BY offset DESC LIMIT ?",
+                    (room_id, limit),
+                ).fetchall()
+                rows.reverse()
         messages = [_row(r) for r in rows]
         voted: list[str] = []
         if voter is not None and messages:

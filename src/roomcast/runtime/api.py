@@ -16,11 +16,12 @@ from aiohttp import web
 
 from roomcast.core.errors import ClientError, ErrorCode, StoreError, StoreOverloaded
 from roomcast.core.protocol import (
+    JS_SAFE_MAX,
+    MAX_ID_CHARS,
     BatchPublish,
     ChatOut,
     CreateRoom,
     PublishMessage,
-    RoomOut,
     UpdateRoom,
     normalize_id,
 )
@@ -36,6 +37,8 @@ _STATUS = {
     ErrorCode.ROOM_EXISTS: 409,
     ErrorCode.TOO_MANY_CONNECTIONS: 429,
     ErrorCode.INVALID_PAYLOAD: 422,
+    ErrorCode.MESSAGE_EMPTY: 422,
+    ErrorCode.MESSAGE_TOO_LONG: 422,
     ErrorCode.OVERLOADED: 503,
     ErrorCode.UNAVAILABLE: 503,
 }
@@ -45,12 +48,22 @@ T = TypeVar("T")
 
 
 class HistoryQuery(msgspec.Struct, frozen=True):
-    since: Annotated[int, msgspec.Meta(ge=0)] | None = None  # None: the newest page
+    since: Annotated[int, msgspec.Meta(ge=0, le=JS_SAFE_MAX)] | None = None  # None: newest page
     limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
 
 
 def _respond(body: Any, status: int = 200) -> web.Response:
     return web.Response(body=_json.encode(body), status=status, content_type="application/json")
+
+
+def _room_id(request: web.Request) -> str:
+    """The room id in the path, held to the same rule as everywhere: 1 to 64 characters."""
+    room_id = request.match_info["room_id"]
+    if not 0 < len(room_id) <= MAX_ID_CHARS:
+        raise ClientError(
+            ErrorCode.INVALID_PAYLOAD, f"room ids have 1 to {MAX_ID_CHARS} characters"
+        )
+    return room_id
 
 
 def error_response(code: ErrorCode, message: str) -> web.Response:
@@ -122,15 +135,12 @@ class RoomsAPI:
             raise ClientError(ErrorCode.BAD_MESSAGE, "body must be a JSON object")
         return body
 
-    def _out(self, room: RoomOut) -> dict[str, Any]:
-        return msgspec.structs.asdict(room)
-
     async def list_rooms(self, request: web.Request) -> web.Response:
         rooms = await self.node.store.list_rooms()
         return _respond({"rooms": [self.node.room_out(r) for r in rooms]})
 
     async def get_room(self, request: web.Request) -> web.Response:
-        room = await self.node.room(request.match_info["room_id"])
+        room = await self.node.room(_room_id(request))
         return _respond(self.node.room_out(room))
 
     async def create_room(self, request: web.Request) -> web.Response:
@@ -170,9 +180,9 @@ class RoomsAPI:
     def _check_text(self, text: str) -> None:
         limit = self.node.settings.max_message_chars
         if not text.strip():
-            raise ClientError(ErrorCode.INVALID_PAYLOAD, "message is empty")
+            raise ClientError(ErrorCode.MESSAGE_EMPTY, "message is empty")
         if len(text) > limit:
-            raise ClientError(ErrorCode.INVALID_PAYLOAD, f"message is over {limit} characters")
+            raise ClientError(ErrorCode.MESSAGE_TOO_LONG, f"message is over {limit} characters")
 
     async def _publish_one(
         self, room_id: str, name: str, text: str, user_id: str | int | None, key: str | None
@@ -189,7 +199,7 @@ class RoomsAPI:
         if key is not None and not 0 < len(key) <= 64:
             raise ClientError(ErrorCode.INVALID_PAYLOAD, "Idempotency-Key: 1 to 64 characters")
         chat, replayed = await self._publish_one(
-            request.match_info["room_id"], command.name, command.message, command.userId, key
+            _room_id(request), command.name, command.message, command.userId, key
         )
         response = _respond(chat, 200 if replayed else 201)
         if replayed:
@@ -217,6 +227,13 @@ class RoomsAPI:
                         "error": {"code": exc.code.value, "message": exc.message},
                     }
                 )
+            except StoreError as exc:  # the earlier items stand; this one did not happen
+                code = (
+                    ErrorCode.OVERLOADED
+                    if isinstance(exc, StoreOverloaded)
+                    else ErrorCode.UNAVAILABLE
+                )
+                results.append({"status": 503, "error": {"code": code.value, "message": str(exc)}})
             else:
                 results.append({"status": 200 if replayed else 201, "message": chat})
         return _respond({"results": results})
@@ -224,7 +241,7 @@ class RoomsAPI:
     async def history(self, request: web.Request) -> web.Response:
         """GET /api/rooms/{roomId}/messages?since=OFFSET&limit=N: a page of history."""
         self._require_admin(request, api_key=True)
-        room_id = request.match_info["room_id"]
+        room_id = _room_id(request)
         query = {k: request.query[k] for k in ("since", "limit") if k in request.query}
         try:
             page = msgspec.convert(query, HistoryQuery, strict=False)

@@ -8,6 +8,7 @@ per (room, user), whichever connection the user sends from.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from collections.abc import Callable
@@ -89,6 +90,7 @@ class Node:
         self._rooms: dict[str, RoomInfo] = {}
         self._mutes: dict[str, dict[str, int]] = {}
         self._last_sent: dict[str, dict[str, tuple[int, str | None]]] = {}
+        self._admin_lock = asyncio.Lock()
 
     def now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -174,6 +176,10 @@ class Node:
 
     async def update_room(self, command: UpdateRoom) -> RoomInfo:
         """Apply an admin's UPDATE_ROOM and push ROOM_UPDATED to the room's members."""
+        async with self._admin_lock:  # read-modify-write: two admins must not interleave
+            return await self._update_room(command)
+
+    async def _update_room(self, command: UpdateRoom) -> RoomInfo:
         room_id = normalize_id(command.roomId)
         info = await self.room(room_id)
         changes: dict[str, object] = {}
@@ -198,8 +204,12 @@ class Node:
             await self.store.update_room(new)
         except UnknownRoom:
             raise ClientError(ErrorCode.ROOM_NOT_FOUND, f"no room {room_id!r}") from None
-        if room_id in self._rooms:
-            self._rooms[room_id] = new
+        mutes = self._mutes.get(room_id)
+        if mutes is None:
+            mutes = await self.store.mutes(room_id)
+        # Cached also without local members, so a join in flight finds the new settings.
+        self._mutes.setdefault(room_id, mutes)
+        self._rooms[room_id] = new
         self.hub.publish(room_id, encode_event("ROOM_UPDATED", RoomEventOut(self.room_out(new))))
         return new
 
@@ -231,6 +241,7 @@ class Node:
             voter=user_id,
             alerts=member.is_admin,
             after=after,
+            newest_if_incomplete=True,
         )
         # No await from here on: the history read and entering the hub are one step, so
         # the joiner neither misses nor doubles a message appended meanwhile.
@@ -250,7 +261,7 @@ class Node:
             if member.is_admin:
                 self.admins.join(room_id, box)
         member.rooms[room_id] = name
-        if after is None:  # the last `window` messages
+        if after is None or not page.complete:  # the newest messages
             covered = page.messages[0].offset - 1 if page.messages else page.last_offset
         else:
             covered = after
@@ -291,8 +302,13 @@ class Node:
                 event = UserLeftOut(room_id, member.user_id, count)
                 self.hub.publish(room_id, encode_event("USER_LEFT", event))
         if self.hub.member_count(room_id) == 0:
-            self._rooms.pop(room_id, None)
+            info = self._rooms.pop(room_id, None)
             self._mutes.pop(room_id, None)
+            last = self._last_sent.get(room_id)
+            if last is not None and info is not None:  # keep only running cooldowns
+                _prune(last, self.now_ms() - int(info.cooldown_seconds * 1000))
+                if not last:
+                    del self._last_sent[room_id]
 
     # ------------------------------------------------------------ messages and votes
 
@@ -311,22 +327,24 @@ class Node:
         """
         info = self._rooms[room_id]
         now = self.now_ms()
-        last = self._last_sent.setdefault(room_id, {})
-        previous = last.get(user_id)
+        last = self._last_sent.get(room_id)
+        previous = last.get(user_id) if last else None
+        # A retry of the message that started this user's cooldown is not refused by that
+        # cooldown; every other rule (closed, not started, muted) still applies to it.
         retry = previous is not None and client_msg_id is not None and previous[1] == client_msg_id
-        if not retry:
-            check_send(
-                info,
-                now_ms=now,
-                last_sent_ms=None if previous is None else previous[0],
-                muted_until_ms=self._mutes.get(room_id, {}).get(user_id),
-                is_admin=member.is_admin,
-            )
-            if info.cooldown_seconds > 0 and not member.is_admin:
-                # Taken before the await, so parallel sends cannot slip through.
-                last[user_id] = (now, client_msg_id)
-                if len(last) > COOLDOWN_PRUNE_AT:
-                    _prune(last, now - int(info.cooldown_seconds * 1000))
+        check_send(
+            info,
+            now_ms=now,
+            last_sent_ms=None if previous is None or retry else previous[0],
+            muted_until_ms=self._mutes.get(room_id, {}).get(user_id),
+            is_admin=member.is_admin,
+        )
+        if not retry and info.cooldown_seconds > 0 and not member.is_admin:
+            # Taken before the await, so parallel sends cannot slip through.
+            last = self._last_sent.setdefault(room_id, {})
+            last[user_id] = (now, client_msg_id)
+            if len(last) > COOLDOWN_PRUNE_AT:
+                _prune(last, now - int(info.cooldown_seconds * 1000))
         started = time.perf_counter()
         try:
             result = await self.store.append(
@@ -334,7 +352,7 @@ class Node:
             )
             self.stats.store_latency.observe(time.perf_counter() - started)
         except BaseException:
-            if not retry:
+            if last is not None and not retry:
                 if previous is None:
                     last.pop(user_id, None)
                 else:
@@ -420,11 +438,14 @@ class Node:
         self.hub.publish(room_id, encode_event("CHAT_DELETED", ChatRefOut(room_id, chat_id)))
 
     async def mute_user(self, room_id: str, user_id: str, seconds: float) -> int:
-        await self.room(room_id)
         until = self.now_ms() + int(seconds * 1000)
-        await self.store.set_mute(room_id, user_id, until)
-        if room_id in self._mutes:
-            self._mutes[room_id][user_id] = until
+        async with self._admin_lock:
+            info, mutes = await self._load(room_id, create=False)
+            await self.store.set_mute(room_id, user_id, until)
+            # Cache the room (even without local members) so that a join in flight, which
+            # read the mutes before this one, finds the newer ones when it resumes.
+            self._rooms.setdefault(room_id, info)
+            self._mutes.setdefault(room_id, mutes)[user_id] = until
         event = MutedOut(room_id, user_id, iso(until))
         self.hub.publish(room_id, encode_event("USER_MUTED", event))
         return until

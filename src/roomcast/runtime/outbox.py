@@ -15,8 +15,11 @@ reconnect and resume from the last offset it saw.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import cast
+
+log = logging.getLogger("roomcast.outbox")
 
 
 class Flusher:
@@ -39,7 +42,11 @@ class Flusher:
         self._scheduled = False
         dirty, self._dirty = self._dirty, []
         for box in dirty:
-            box.flush()
+            try:
+                box.flush()
+            except Exception:  # one broken connection must not stall the others
+                log.exception("flushing a connection failed")
+                box.abort()
 
 
 class Outbox:
@@ -86,6 +93,12 @@ class Outbox:
         if transport.get_write_buffer_size() > self.max_bytes:
             self.closed = True
             self._on_overflow()
+
+    def seal(self) -> None:
+        """Write what is queued, then accept nothing more (a Close frame follows)."""
+        self.flush()
+        self.closed = True
+        self._frames.clear()
 
     def abort(self) -> None:
         """Drop the connection at once, without a closing handshake."""

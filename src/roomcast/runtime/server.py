@@ -35,8 +35,8 @@ from roomcast.runtime.stats import Stats, register, watch_loop_lag
 
 log = logging.getLogger("roomcast.server")
 
-# Offered subprotocols, in the server's order of preference when a client offers several:
-# our own versioned name, then the reference page's. No subprotocol is fine too.
+# Accepted subprotocols: our own versioned name and the reference page's. aiohttp picks
+# the first one the client lists that is known here. No subprotocol is fine too.
 SUBPROTOCOLS: Final = ("roomcast.v1", "echo-protocol")
 
 
@@ -170,7 +170,7 @@ class RoomcastServer:
             if start:
                 await asyncio.sleep(self.settings.drain_time / batches)
             for ws, box in sockets[start : start + size]:
-                box.flush()
+                box.seal()  # nothing may follow the Close frame
                 closing.append(
                     asyncio.ensure_future(
                         ws.close(code=CloseCode.GOING_AWAY, message=b"server shutting down")
@@ -292,11 +292,17 @@ class RoomcastServer:
         extra = {"conn": conn_id}
         loop = asyncio.get_running_loop()
 
+        closing = False
+
         def close(code: int, reason: str) -> None:
+            nonlocal closing
+            if closing:
+                return
+            closing = True
             log.info("%s: closing (%s %s)", conn_id, code, reason, extra=extra)
             self.stats.closes[code] += 1
             session.close()
-            box.flush()
+            box.seal()
             self._spawn(self._close_hard(ws, box, code, reason))
 
         def overflow() -> None:

@@ -58,7 +58,9 @@ def _now() -> float:
 
 def token_matches(given: str, expected: str) -> bool:
     """Constant-time token comparison; an empty expected token matches nothing."""
-    return bool(expected) and hmac.compare_digest(given.encode(), expected.encode())
+    return bool(expected) and hmac.compare_digest(
+        given.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape")
+    )
 
 
 class Session:
@@ -86,6 +88,7 @@ class Session:
         self._close = close
         self._verifier = verifier  # set in --auth jwt mode
         self.identity: Identity | None = None
+        self._admin_by_token = is_admin  # the admin token, not a token's admin claim
         self._expiry: asyncio.TimerHandle | None = None
         settings = node.settings
         self._bucket = TokenBucket(settings.max_message_rate, settings.message_burst, _now())
@@ -127,7 +130,7 @@ class Session:
 
     async def handle_text(self, data: str) -> None:
         """Handle one text frame from the client."""
-        if not self.admit():
+        if self.closed or not self.admit():
             return
         try:
             kind, command = decode_command(data)
@@ -162,7 +165,7 @@ class Session:
             )
 
     def handle_binary(self) -> None:
-        if not self.admit():
+        if self.closed or not self.admit():
             return
         self.send_error(
             ErrorCode.BINARY_NOT_SUPPORTED, "send JSON in text frames; binary frames are refused"
@@ -197,9 +200,11 @@ class Session:
     async def _join(self, command: JoinRoom) -> None:
         room_id = normalize_id(command.roomId)
         name = command.name
-        if self._verifier is not None and not self.is_admin:
+        if self.identity is not None or (self._verifier is not None and not self.is_admin):
+            # --auth jwt: the token names the user (an admin-token connection, which has
+            # no user token, names itself in the payload).
             identity = self._require_identity()
-            if identity.rooms is not None and room_id not in identity.rooms:
+            if identity.rooms is not None and not self.is_admin and room_id not in identity.rooms:
                 raise ClientError(
                     ErrorCode.FORBIDDEN, f"your token does not allow room {room_id!r}"
                 )
@@ -250,6 +255,7 @@ class Session:
 
     async def _auth(self, command: Auth) -> None:
         if token_matches(command.token, self.settings.admin_token):
+            self._admin_by_token = True
             self._make_admin()
             self.send("AUTH_OK", AuthOkOut(admin=True, userId=self.user_id))
             return
@@ -273,6 +279,10 @@ class Session:
         self.identity = identity
         if identity.admin:
             self._make_admin()
+        elif not self._admin_by_token:  # a refreshed token without admin takes it away
+            self.is_admin = False
+            for room_id in self.rooms:
+                self.node.admins.leave(room_id, self.outbox)
         if self._expiry is not None:
             self._expiry.cancel()
         loop = asyncio.get_running_loop()
