@@ -189,6 +189,22 @@ async def test_sqlite_survives_reopen(tmp_path: Path) -> None:
     await s.close()
 
 
+async def test_sqlite_never_reuses_an_offset(tmp_path: Path) -> None:
+    """Deleting the newest message and restarting does not hand its offset out again."""
+    path = str(tmp_path / "o.db")
+    s = SqliteStore(path)
+    await s.open()
+    await s.append("r", "u", "n", "one")
+    two = (await s.append("r", "u", "n", "two")).message
+    await s.delete_message("r", two.chat_id)
+    await s.close()
+    s = SqliteStore(path)
+    await s.open()
+    assert (await s.append("r", "u", "n", "three")).message.offset == 3
+    assert (await s.history("r", 10)).last_offset == 3
+    await s.close()
+
+
 async def test_sqlite_refuses_a_second_process_on_the_same_file(tmp_path: Path) -> None:
     """A second store on a file already open elsewhere fails to open, loudly."""
     path = str(tmp_path / "one.db")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import secrets
 import time
 from collections import deque
@@ -151,19 +152,26 @@ class MemoryStore:
         room = self._rooms.get(room_id)
         if room is None:
             return HistoryPage([], 0, [], complete=after is None or after >= 0)
-        live = [c for c in room.chats if not c.deleted]
         complete = True
         if after is None:
-            page = live[-limit:] if limit > 0 else []
+            page = _newest(room.chats, limit)
         else:
-            newer = [c for c in live if c.message.offset > after]
+            # The deque holds consecutive offsets (deleted messages stay as markers until
+            # evicted), so the first message after `after` is found by arithmetic.
+            first = room.chats[0].message.offset if room.chats else room.last_offset + 1
+            tail = itertools.islice(room.chats, max(0, after + 1 - first), None)
+            newer = [c for c in tail if not c.deleted]
             complete = after >= room.evicted_upto and len(newer) <= limit
             if complete or not newest_if_incomplete:
                 page = newer[:limit]
             else:
-                page = live[-limit:] if limit > 0 else []
+                page = _newest(room.chats, limit)
         voted = [c.message.chat_id for c in page if voter is not None and voter in c.voters]
-        pending = [c.snapshot() for c in live if c.alerted and not c.answered] if alerts else []
+        pending = (
+            [c.snapshot() for c in room.chats if c.alerted and not c.answered and not c.deleted]
+            if alerts
+            else []
+        )
         return HistoryPage([c.snapshot() for c in page], room.last_offset, voted, pending, complete)
 
     # ------------------------------------------------------------ rooms and mutes
@@ -190,3 +198,15 @@ class MemoryStore:
 
     async def mutes(self, room_id: str) -> dict[str, int]:
         return dict(self._mutes.get(room_id, {}))
+
+
+def _newest(chats: deque[_Chat], limit: int) -> list[_Chat]:
+    """The last `limit` messages that are not deleted, oldest first, read from the end."""
+    page: list[_Chat] = []
+    for chat in reversed(chats):
+        if len(page) >= limit:
+            break
+        if not chat.deleted:
+            page.append(chat)
+    page.reverse()
+    return page

@@ -55,6 +55,10 @@ CREATE TABLE IF NOT EXISTS messages (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS messages_client_msg_id
     ON messages (room_id, user_id, client_msg_id) WHERE client_msg_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS room_offsets (
+    room_id     TEXT PRIMARY KEY,
+    last_offset INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -394,6 +398,13 @@ class SqliteStore:
             " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING chat_id",
             (room_id, offset, user_id, name, text, now, client_msg_id),
         ).fetchone()
+        # Kept apart from the messages so that deleting the newest one never lets its
+        # offset be handed out again (clients resume by offset).
+        conn.execute(
+            "INSERT INTO room_offsets (room_id, last_offset) VALUES (?, ?)"
+            " ON CONFLICT (room_id) DO UPDATE SET last_offset = excluded.last_offset",
+            (room_id, offset),
+        )
         self._offsets[room_id] = offset
         message = StoredMessage(
             str(chat_id), room_id, offset, user_id, name, text, 0, now, False, client_msg_id
@@ -542,7 +553,9 @@ class SqliteStore:
         offset = self._offsets.get(room_id)
         if offset is None:
             (offset,) = conn.execute(
-                "SELECT COALESCE(MAX(offset), 0) FROM messages WHERE room_id = ?", (room_id,)
+                "SELECT MAX(COALESCE((SELECT last_offset FROM room_offsets WHERE room_id = ?), 0),"
+                " COALESCE((SELECT MAX(offset) FROM messages WHERE room_id = ?), 0))",
+                (room_id, room_id),
             ).fetchone()
             self._offsets[room_id] = offset
         return int(offset)
