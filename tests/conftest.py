@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -28,3 +29,17 @@ async def connect(server: RoomcastServer) -> AsyncIterator[Callable[..., Awaitab
 
     yield make
     await asyncio.gather(*(client.close() for client in clients))
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private redis-server for this test run (never the shared one on 6379)."""
+    from tests.cluster import REDIS_SERVER, RedisServer
+
+    if REDIS_SERVER is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must run the Redis tests: redis-server is not installed")
+        pytest.skip("no redis-server (apt-get install redis-server)")
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server.url
+    server.stop()

@@ -10,17 +10,23 @@ import pytest
 
 from roomcast.adapters import UnsupportedURL, open_store
 from roomcast.adapters.memory import MemoryStore
+from roomcast.adapters.redis import RedisStore
 from roomcast.adapters.sqlite import SqliteStore
 from roomcast.core.errors import StoreError, StoreOverloaded, UnknownChat
 from roomcast.ports import Store
+from tests.cluster import prefix
 
 Factory = Callable[[], Store]
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Factory:
     if request.param == "memory":
         return lambda: MemoryStore()
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_url")
+        key_prefix = prefix()  # one per test: stores made by one factory share it
+        return lambda: RedisStore(url, prefix=key_prefix)
     return lambda: SqliteStore(str(tmp_path / "rooms.db"))
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 ENV_PREFIX = "ROOMCAST_"
+DEFAULT_STORE = "sqlite:///roomcast.db"
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,8 +23,28 @@ class Settings:
     host: str = field(default="127.0.0.1", metadata={"help": "address to listen on"})
     port: int = field(default=8080, metadata={"help": "port for HTTP and WebSocket"})
     store: str = field(
-        default="sqlite:///roomcast.db",
-        metadata={"help": "storage URL: sqlite:///PATH or memory://"},
+        default=DEFAULT_STORE,
+        metadata={
+            "help": "storage URL: sqlite:///PATH, memory://, or redis://HOST:PORT/DB to share "
+            "rooms between nodes (rediss:// for TLS, redis+cluster:// for Redis Cluster)"
+        },
+    )
+    broker: str = field(
+        default="",
+        metadata={
+            "help": "pub/sub between nodes: a redis:// URL, the same as --store (which it "
+            "implies when --store is not set); empty: this node is alone"
+        },
+    )
+    node_heartbeat: float = field(
+        default=5.0,
+        metadata={
+            "help": "seconds between a node's is-alive writes to Redis; after 3 missed, other "
+            "nodes count its users out of presence"
+        },
+    )
+    redis_prefix: str = field(
+        default="rc:", metadata={"help": "prefix of every Redis key and channel roomcast uses"}
     )
     admin_token: str = field(
         default="",
@@ -87,7 +108,12 @@ class Settings:
         default=1_000, metadata={"help": "most missed messages replayed to a resuming client"}
     )
     history_max: int = field(
-        default=10_000, metadata={"help": "messages kept per room by the memory store"}
+        default=10_000,
+        metadata={"help": "messages kept per room by the memory and Redis stores"},
+    )
+    history_max_age: float = field(
+        default=0.0,
+        metadata={"help": "seconds a message is kept by the Redis store; 0: no age limit"},
     )
     presence_list_max: int = field(
         default=100, metadata={"help": "most member names listed in PRESENCE"}
@@ -154,6 +180,23 @@ class Settings:
                 raise ValueError(f"{name} must be at least 1")
         if self.history_size < 0:
             raise ValueError("history_size must be 0 or more")
+        if self.node_heartbeat <= 0:
+            raise ValueError("node_heartbeat must be positive")
+        if self.history_max_age < 0:
+            raise ValueError("history_max_age must be 0 or more")
+        redis_schemes = ("redis://", "rediss://", "redis+cluster://", "rediss+cluster://")
+        if self.broker:
+            if not self.broker.startswith(redis_schemes):
+                raise ValueError("broker must be a redis://, rediss:// or redis+cluster:// URL")
+            if self.store == DEFAULT_STORE:
+                object.__setattr__(self, "store", self.broker)
+            elif self.store != self.broker:
+                raise ValueError(
+                    "broker and store must be the same Redis (messages are stored and "
+                    "published in one step); set only --broker, or only --store"
+                )
+        elif self.store.startswith(redis_schemes):
+            object.__setattr__(self, "broker", self.store)
         if not 0 <= self.port <= 65535:
             raise ValueError("port must be between 0 and 65535")
         if self.ping_interval < 0 or self.drain_time < 0 or self.shutdown_timeout < 0:

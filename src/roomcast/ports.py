@@ -36,6 +36,7 @@ class HistoryPage(Struct, frozen=True):
     voted: list[str]  # chat ids among `messages` the asking user voted on
     alerts: list[StoredMessage] = []  # with alerts=True: claimed, unanswered alerts
     complete: bool = True  # with after=N: every message with offset > N is in `messages`
+    epoch: str = ""  # the room history's epoch where it has its own; else `Store.epoch`
 
 
 class Appended(Struct, frozen=True):
@@ -161,3 +162,71 @@ class Store(Protocol):
     async def mutes(self, room_id: str) -> dict[str, int]:
         """user id -> muted-until (ms) for the room's mutes."""
         ...
+
+
+class SharedStore(Store, Protocol):
+    """A store several nodes share (Redis). On top of `Store`:
+
+    - `append` also publishes the message to the room's channel, in the same atomic
+      step, and enforces the cooldown and mutes cluster-wide when asked to.
+    - `history` pages carry the room's own `epoch`, which changes when that room's
+      history was lost (e.g. Redis restarted without persistence).
+    - presence is counted per user across nodes; each node says it is alive with
+      `heartbeat`, and what a dead node had counted in is purged by a live one.
+    """
+
+    node_id: str
+
+    async def append(
+        self,
+        room_id: str,
+        user_id: str,
+        name: str,
+        text: str,
+        client_msg_id: str | None = None,
+        *,
+        cooldown_ms: int = 0,
+        check_mute: bool = False,
+        room: RoomInfo | None = None,
+    ) -> Appended:
+        """`Store.append`, plus: publish; refuse with COOLDOWN when this user appended
+        within `cooldown_ms`, or with MUTED when `check_mute` and the user is muted."""
+        ...
+
+    async def publish(self, room_id: str, data: bytes) -> None:
+        """Publish `data` on the room's channel after this node's earlier writes."""
+        ...
+
+    async def presence_join(
+        self, room_id: str, user_id: str, name: str, list_max: int
+    ) -> tuple[bool, int, list[tuple[str, str]]]: ...
+
+    async def presence_leave(self, room_id: str, user_id: str) -> tuple[bool, int]: ...
+
+    async def presence_purge(self, room_id: str, node_id: str) -> tuple[int, list[str]]: ...
+
+    async def presence_nodes(self, room_id: str) -> list[str]: ...
+
+    async def heartbeat(self, ttl: float) -> None: ...
+
+    async def node_alive(self, node_id: str) -> bool: ...
+
+
+class Broker(Protocol):
+    """Room subscriptions: what other nodes publish reaches this node's rooms.
+
+    The broker calls back `on_message(room_id, data)` for each publication on a room it
+    is subscribed to, in the order Redis delivered them, and `on_reset()` after it
+    reconnected (publications made meanwhile are lost; the node fills the gap)."""
+
+    connected: bool
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def subscribe(self, room_id: str) -> None:
+        """Return once the subscription is active; raise StoreError when it cannot be."""
+        ...
+
+    async def unsubscribe(self, room_id: str) -> None: ...

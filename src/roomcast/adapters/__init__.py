@@ -11,13 +11,36 @@ class UnsupportedURL(ValueError):
     """A store or broker URL whose scheme roomcast does not know."""
 
 
-def open_store(url: str, *, history_max: int = 10_000, queue_max: int = 10_000) -> Store:
+def open_store(
+    url: str,
+    *,
+    history_max: int = 10_000,
+    queue_max: int = 10_000,
+    history_max_age: float = 0.0,
+    prefix: str = "rc:",
+) -> Store:
     """Build (not yet open) the store named by `url`.
 
     `memory://` keeps everything in this process; `sqlite:///PATH` (three slashes and a
-    relative path, four for an absolute one) keeps it in an embedded SQLite file.
+    relative path, four for an absolute one) keeps it in an embedded SQLite file;
+    `redis://HOST:PORT/DB` (`rediss://`, `redis+cluster://`) shares it between nodes.
     """
     parts = urlsplit(url)
+    if parts.scheme.startswith(("redis", "rediss")) and parts.scheme.split("+")[0] in (
+        "redis",
+        "rediss",
+    ):
+        from roomcast.adapters.redis import RedisStore
+
+        if parts.scheme.split("+")[1:] not in ([], ["cluster"]):
+            raise UnsupportedURL(f"unknown store URL scheme {parts.scheme!r} in {url!r}")
+        return RedisStore(
+            url,
+            prefix=prefix,
+            history_max=history_max,
+            history_max_age=history_max_age,
+            queue_max=queue_max,
+        )
     if parts.scheme == "memory":
         from roomcast.adapters.memory import MemoryStore
 

@@ -258,7 +258,7 @@ class RoomsAPI:
                 "lastOffset": found.last_offset,
                 "nextSince": next_since,
                 "complete": found.complete,
-                "epoch": self.node.store.epoch,
+                "epoch": found.epoch or self.node.store.epoch,
             }
         )
 

@@ -133,8 +133,18 @@ class Node:
             info.medium_threshold,
             info.high_threshold,
             state(info, self.now_ms()),
-            self.presence.count(info.room_id),
+            self.member_count(info.room_id),
         )
+
+    def member_count(self, room_id: str) -> int:
+        """Distinct users in the room (on every node, where nodes share rooms)."""
+        return self.presence.count(room_id)
+
+    async def start(self) -> None:
+        """Start background work; called once the store is open."""
+
+    async def stop(self) -> None:
+        """Stop background work; called before the store closes."""
 
     def chat_out(self, m: StoredMessage, info: RoomInfo) -> ChatOut:
         return ChatOut(
@@ -210,7 +220,7 @@ class Node:
         # Cached also without local members, so a join in flight finds the new settings.
         self._mutes.setdefault(room_id, mutes)
         self._rooms[room_id] = new
-        self.hub.publish(room_id, encode_event("ROOM_UPDATED", RoomEventOut(self.room_out(new))))
+        await self._emit_room(new)
         return new
 
     # ------------------------------------------------------------ membership
@@ -399,20 +409,42 @@ class Node:
         if updated is None:
             return
         info = self._rooms.get(room_id, info)
-        self._publish_update(updated, info)
+        await self._publish_update(updated, info)
         if up and updated.upvotes >= info.high_threshold and not updated.answered:
             try:
                 first = await self.store.claim_alert(room_id, chat_id)
             except UnknownChat:  # deleted meanwhile
                 return
             if first:
-                self.admins.publish(room_id, self._alert(updated))
+                await self._emit_alert(room_id, self._alert(updated))
 
-    def _publish_update(self, m: StoredMessage, info: RoomInfo) -> None:
+    async def _publish_update(self, m: StoredMessage, info: RoomInfo) -> None:
         event = UpdateChatOut(
             m.chat_id, m.room_id, m.upvotes, priority(m.upvotes, info), m.answered
         )
-        self.hub.publish(m.room_id, encode_event("UPDATE_CHAT", event))
+        await self._emit(m.room_id, encode_event("UPDATE_CHAT", event))
+
+    # ------------------------------------------------------------ events to members
+    # One node delivers straight to its hubs; `SharedNode` publishes through Redis and
+    # delivers what comes back, so every node sees the same events in the same order.
+
+    async def _emit(self, room_id: str, payload: bytes) -> None:
+        """Deliver an event (a JSON document) to every member of the room."""
+        self.hub.publish(room_id, payload)
+
+    async def _emit_alert(self, room_id: str, payload: bytes) -> None:
+        """Deliver an ADMIN_ALERT to the room's admins."""
+        self.admins.publish(room_id, payload)
+
+    async def _emit_room(self, info: RoomInfo) -> None:
+        """Tell the room's members its settings changed (ROOM_UPDATED)."""
+        event = RoomEventOut(self.room_out(info))
+        self.hub.publish(info.room_id, encode_event("ROOM_UPDATED", event))
+
+    async def _emit_mute(self, room_id: str, user_id: str, until: int) -> None:
+        """Tell the room's members a user was muted (USER_MUTED)."""
+        event = MutedOut(room_id, user_id, iso(until))
+        self.hub.publish(room_id, encode_event("USER_MUTED", event))
 
     def _alert(self, m: StoredMessage) -> bytes:
         return encode_event(
@@ -427,7 +459,7 @@ class Node:
             updated = await self.store.mark_answered(room_id, chat_id)
         except UnknownChat:
             raise _unknown_chat(room_id, chat_id) from None
-        self._publish_update(updated, self._rooms.get(room_id, info))
+        await self._publish_update(updated, self._rooms.get(room_id, info))
 
     async def delete_chat(self, room_id: str, chat_id: str) -> None:
         await self.room(room_id)
@@ -435,7 +467,7 @@ class Node:
             await self.store.delete_message(room_id, chat_id)
         except UnknownChat:
             raise _unknown_chat(room_id, chat_id) from None
-        self.hub.publish(room_id, encode_event("CHAT_DELETED", ChatRefOut(room_id, chat_id)))
+        await self._emit(room_id, encode_event("CHAT_DELETED", ChatRefOut(room_id, chat_id)))
 
     async def mute_user(self, room_id: str, user_id: str, seconds: float) -> int:
         until = self.now_ms() + int(seconds * 1000)
@@ -446,8 +478,7 @@ class Node:
             # read the mutes before this one, finds the newer ones when it resumes.
             self._rooms.setdefault(room_id, info)
             self._mutes.setdefault(room_id, mutes)[user_id] = until
-        event = MutedOut(room_id, user_id, iso(until))
-        self.hub.publish(room_id, encode_event("USER_MUTED", event))
+        await self._emit_mute(room_id, user_id, until)
         return until
 
 

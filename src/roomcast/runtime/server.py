@@ -65,6 +65,22 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
             response.headers.setdefault(key, value)
 
 
+def _make_node(settings: Settings, store: Store, clock: Callable[[], float], stats: Stats) -> Node:
+    """A single node, or a node of a cluster when the store is shared (Redis)."""
+    if not getattr(store, "shared", False):
+        return Node(settings, store, clock=clock, stats=stats)
+    from roomcast.adapters.redis import RedisBroker, RedisStore
+    from roomcast.runtime.shared import SharedNode
+
+    assert isinstance(store, RedisStore)
+    redis_store = store
+
+    def broker(on_message: Callable[[str, bytes], None], on_reset: Callable[[], None]) -> Any:
+        return RedisBroker(redis_store, on_message, on_reset)
+
+    return SharedNode(settings, redis_store, broker, clock=clock, stats=stats)
+
+
 class RoomcastServer:
     """A running roomcast node: store, hub and listening socket."""
 
@@ -78,10 +94,14 @@ class RoomcastServer:
     ) -> None:
         self.settings = settings
         self.store: Store = store or open_store(
-            settings.store, history_max=settings.history_max, queue_max=settings.store_queue_max
+            settings.store,
+            history_max=settings.history_max,
+            queue_max=settings.store_queue_max,
+            history_max_age=settings.history_max_age,
+            prefix=settings.redis_prefix,
         )
         self.stats = Stats()
-        self.node = Node(settings, self.store, clock=clock, stats=self.stats)
+        self.node = _make_node(settings, self.store, clock, self.stats)
         self._lag_task: asyncio.Task[None] | None = None
         self._sockets: dict[web.WebSocketResponse, Outbox] = {}
         self._ids = itertools.count(1)
@@ -103,6 +123,7 @@ class RoomcastServer:
     async def start(self) -> None:
         self._flusher = Flusher(asyncio.get_running_loop())
         await self.store.open()
+        await self.node.start()
         api = RoomsAPI(self.node)
         app = web.Application(
             client_max_size=self.settings.max_frame_bytes, middlewares=[api.errors]
@@ -139,6 +160,7 @@ class RoomcastServer:
             await site.start()
         except OSError:
             await self._runner.cleanup()
+            await self.node.stop()
             await self.store.close()
             raise
         self._lag_task = asyncio.get_running_loop().create_task(watch_loop_lag(self.stats))
@@ -183,6 +205,7 @@ class RoomcastServer:
             for _, box in sockets:  # peers that did not answer the close in time
                 box.abort()
         await runner.cleanup()
+        await self.node.stop()
         await self.store.close()
 
     @property
@@ -204,7 +227,14 @@ class RoomcastServer:
             await asyncio.wait_for(self.store.ping(), timeout=2.0)
         except (StoreError, TimeoutError) as exc:
             return web.json_response({"ready": False, "store": str(exc) or "timeout"}, status=503)
-        return web.json_response({"ready": True, "store": "ok"})
+        broker = getattr(self.node, "broker", None)
+        if broker is not None and not broker.connected:
+            return web.json_response(
+                {"ready": False, "store": "ok", "broker": "not connected"}, status=503
+            )
+        return web.json_response(
+            {"ready": True, "store": "ok", **({"broker": "ok"} if broker else {})}
+        )
 
     async def _metrics(self, request: web.Request) -> web.Response:
         """Prometheus text format."""

@@ -1,0 +1,675 @@
+"""A Redis store and broker: many roomcast nodes share rooms, history and rules.
+
+One room's keys and its channel share the hash tag `{room}`, so on Redis Cluster they
+live in one slot and every script touches one shard (see `redis_lua`). Appends assign
+the room's next offset, store the message, trim the history and publish it in one Lua
+script, so the history and the channel never disagree about order. The broker side
+(`RedisBroker`) holds one subscription per room this node hosts.
+
+Writes from one node go through one queue and one pipeline at a time: they reach Redis
+in call order and share round trips under load (the same group commit as the SQLite
+store). A write whose reply is lost to a connection error is reported as a failure:
+roomcast never says "sent" for a message it cannot vouch for, and `clientMsgId` makes
+the client's retry safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError, RedisError
+from redis.retry import Retry
+
+from roomcast.adapters import redis_lua as lua
+from roomcast.core.errors import (
+    ClientError,
+    ErrorCode,
+    RoomExists,
+    StoreError,
+    StoreOverloaded,
+    UnknownChat,
+    UnknownRoom,
+)
+from roomcast.core.rooms import RoomInfo, check_muted
+from roomcast.ports import Appended, HistoryPage, StoredMessage
+
+log = logging.getLogger("roomcast.redis")
+
+CHAT_ID_BLOCK = 1_000  # chat ids a node reserves from the shared counter at once
+BATCH_MAX = 512  # operations per pipeline round trip
+
+
+class _Packed(msgspec.Struct, array_like=True, frozen=True):
+    chat_id: str
+    offset: int
+    user_id: str
+    name: str
+    text: str
+    created_at: int
+    client_msg_id: str
+
+
+_decode_packed = msgspec.msgpack.Decoder(_Packed).decode
+
+
+def unpack_message(packed: bytes, upvotes: int = 0, answered: bool = False) -> StoredMessage:
+    """A packed message (as stored and published by the scripts) as a StoredMessage."""
+    p = _decode_packed(packed)
+    return StoredMessage(
+        p.chat_id,
+        "",  # filled in by the caller, who knows the room
+        p.offset,
+        p.user_id,
+        p.name,
+        p.text,
+        upvotes,
+        p.created_at,
+        answered,
+        p.client_msg_id or None,
+    )
+
+
+class _HistoryReply(msgspec.Struct, array_like=True):
+    last_offset: int
+    epoch: str
+    complete: bool
+    messages: list[tuple[_Packed, int, int]]
+    voted: list[str]
+    alerts: list[tuple[_Packed, int]]
+
+
+_decode_history = msgspec.msgpack.Decoder(_HistoryReply).decode
+
+
+def room_tag(room_id: str) -> str:
+    """A room id made safe to stand inside a hash tag (no braces, so one slot)."""
+    return room_id.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+
+
+class RedisURL(msgspec.Struct, frozen=True):
+    url: str  # what redis-py connects to (redis:// or rediss://)
+    cluster: bool
+
+
+def parse_url(url: str) -> RedisURL:
+    """`redis://`, `rediss://`, and `redis+cluster://` / `rediss+cluster://`."""
+    parts = urlsplit(url)
+    scheme = parts.scheme
+    cluster = scheme.endswith("+cluster")
+    if cluster:
+        scheme = scheme.removesuffix("+cluster")
+    if scheme not in ("redis", "rediss"):
+        raise ValueError(f"not a Redis URL: {url!r}")
+    return RedisURL(urlunsplit((scheme, *parts[1:])), cluster)
+
+
+def connect(target: RedisURL, **options: Any) -> Any:
+    """A redis-py client (plain or cluster) that never retries a command on its own:
+    a retried append could post twice, so failures surface to the caller."""
+    options.setdefault("socket_connect_timeout", 2.0)
+    options.setdefault("socket_timeout", 5.0)
+    if target.cluster:
+        return RedisCluster.from_url(
+            target.url, retry=Retry(NoBackoff(), 0), cluster_error_retry_attempts=1, **options
+        )
+    return aioredis.Redis.from_url(target.url, retry=Retry(NoBackoff(), 0), **options)
+
+
+class _Op:
+    __slots__ = ("args", "future", "script")
+
+    def __init__(self, script: str | None, args: tuple[Any, ...], future: asyncio.Future[Any]):
+        self.script = script  # a script name, or None for a plain command
+        self.args = args
+        self.future = future
+
+
+class RedisStore:
+    """The Store port on Redis (or Redis Cluster). `shared`: several nodes use it, so
+    cooldowns and mutes are enforced here, atomically with the append."""
+
+    shared = True
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "rc:",
+        history_max: int = 10_000,
+        history_max_age: float = 0.0,
+        queue_max: int = 10_000,
+    ) -> None:
+        if history_max < 1:
+            raise ValueError("history_max must be at least 1")
+        self.target = parse_url(url)
+        self.prefix = prefix
+        self._history_max = history_max
+        self._max_age_ms = int(history_max_age * 1000)
+        self._queue_max = queue_max
+        self._redis: Any = None
+        self._queue: list[_Op] = []
+        self._wakeup = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+        self._shas: dict[str, str] = {}
+        self._sources = {
+            "append": lua.APPEND,
+            "vote": lua.VOTE,
+            "moderate": lua.MODERATE,
+            "history": lua.HISTORY,
+            "pjoin": lua.PRESENCE_JOIN,
+            "pleave": lua.PRESENCE_LEAVE,
+            "ppurge": lua.PRESENCE_PURGE,
+        }
+        self._publish_cmd = "SPUBLISH" if self.target.cluster else "PUBLISH"
+        self._ids: list[int] = []  # reserved chat ids: [next, end)
+        self._id_lock = asyncio.Lock()
+        self._epoch = ""
+        self.node_id = secrets.token_hex(6)
+
+    # ------------------------------------------------------------ lifecycle
+
+    @property
+    def epoch(self) -> str:
+        """The store-wide epoch; room histories carry their own (`HistoryPage.epoch`)."""
+        return self._epoch
+
+    async def open(self) -> None:
+        """Build the client; connecting happens on first use, so a Redis that is down
+        at start makes operations fail (and /readyz say so) instead of the process."""
+        if self._redis is not None:
+            return
+        self._redis = connect(self.target)
+        self._epoch = "redis"
+        self._flusher = asyncio.create_task(self._flush_forever(), name="redis-store-flusher")
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
+        for op in self._queue:
+            if not op.future.done():
+                op.future.set_exception(StoreError("store closed"))
+        self._queue.clear()
+        if self._redis is not None:
+            redis, self._redis = self._redis, None
+            with contextlib.suppress(RedisError, OSError):
+                await redis.aclose()
+
+    async def ping(self) -> None:
+        try:
+            await self._client().ping()
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"redis: {exc}") from exc
+
+    def _client(self) -> Any:
+        if self._redis is None:
+            raise StoreError("store is not open")
+        return self._redis
+
+    def key(self, room_id: str) -> str:
+        """The room's key prefix; every key and the channel of the room start with it."""
+        return f"{self.prefix}{{{room_tag(room_id)}}}:"
+
+    def channel(self, room_id: str) -> str:
+        return self.key(room_id) + "ev"
+
+    # ------------------------------------------------------------ the write queue
+
+    def _submit(self, script: str | None, *args: Any) -> asyncio.Future[Any]:
+        self._client()
+        if len(self._queue) >= self._queue_max:
+            raise StoreOverloaded("redis store queue is full")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Op(script, args, future))
+        self._wakeup.set()
+        return future
+
+    async def _run(self, script: str | None, *args: Any) -> Any:
+        return await self._submit(script, *args)
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue:
+                batch, self._queue = self._queue[:BATCH_MAX], self._queue[BATCH_MAX:]
+                await self._flush(batch)
+
+    async def _flush(self, batch: list[_Op]) -> None:
+        try:
+            results = await self._execute(batch)
+            if any(isinstance(r, NoScriptError) for r in results):
+                await self._load_scripts()  # Redis restarted (or was flushed)
+                retry = [op for op, r in zip(batch, results, strict=True) if _noscript(r)]
+                again = iter(await self._execute(retry))
+                results = [next(again) if _noscript(r) else r for r in results]
+        except (RedisError, OSError) as exc:
+            error = StoreError(f"redis unavailable: {exc}")
+            for op in batch:
+                if not op.future.done():
+                    op.future.set_exception(error)
+            return
+        for op, result in zip(batch, results, strict=True):
+            if op.future.done():
+                continue
+            if isinstance(result, Exception):
+                op.future.set_exception(StoreError(f"redis: {result}"))
+            else:
+                op.future.set_result(result)
+
+    async def _execute(self, batch: list[_Op]) -> list[Any]:
+        if not self._shas:
+            await self._load_scripts()
+        redis = self._client()
+        pipe = redis.pipeline(transaction=False)
+        for op in batch:
+            if op.script is None:
+                pipe.execute_command(*op.args)
+            else:
+                pipe.evalsha(self._shas[op.script], 1, *op.args)
+        return list(await pipe.execute(raise_on_error=False))
+
+    async def _load_scripts(self) -> None:
+        redis = self._client()
+        for name, source in self._sources.items():
+            if self.target.cluster:
+                self._shas[name] = await redis.script_load(source, target_nodes="all")
+            else:
+                self._shas[name] = await redis.script_load(source)
+
+    async def publish(self, room_id: str, data: bytes) -> None:
+        """Publish to the room's channel, after every write this node queued before."""
+        await self._run(None, self._publish_cmd, self.channel(room_id), data)
+
+    async def _direct(self, coro: Any) -> Any:
+        try:
+            return await coro
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"redis unavailable: {exc}") from exc
+
+    # ------------------------------------------------------------ messages
+
+    async def _chat_id(self) -> str:
+        async with self._id_lock:
+            if not self._ids or self._ids[0] >= self._ids[1]:
+                end = await self._direct(
+                    self._client().incrby(self.prefix + "chat-ids", CHAT_ID_BLOCK)
+                )
+                self._ids = [int(end) - CHAT_ID_BLOCK + 1, int(end) + 1]
+            chat_id = self._ids[0]
+            self._ids[0] += 1
+            return str(chat_id)
+
+    async def append(
+        self,
+        room_id: str,
+        user_id: str,
+        name: str,
+        text: str,
+        client_msg_id: str | None = None,
+        *,
+        cooldown_ms: int = 0,
+        check_mute: bool = False,
+        room: RoomInfo | None = None,
+    ) -> Appended:
+        """Append and publish (see the class doc). With `cooldown_ms` or `check_mute`
+        the script refuses the message with the COOLDOWN or MUTED error, cluster-wide."""
+        if self._ids and self._ids[0] < self._ids[1]:  # the common case: no await
+            chat_id = str(self._ids[0])
+            self._ids[0] += 1
+        else:
+            chat_id = await self._chat_id()
+        now = int(time.time() * 1000)
+        reply = await self._run(
+            "append",
+            self.key(room_id),
+            room_id,
+            user_id,
+            name,
+            text,
+            client_msg_id or "",
+            now,
+            chat_id,
+            cooldown_ms,
+            1 if check_mute else 0,
+            self._history_max,
+            self._max_age_ms,
+            secrets.token_hex(8),
+            self._publish_cmd,
+        )
+        if reply[0] == 1:
+            seconds = cooldown_ms / 1000
+            raise ClientError(
+                ErrorCode.COOLDOWN,
+                f"slow mode: one message per {seconds:g} s",
+                retryAfterMs=int(reply[1]),
+            )
+        if reply[0] == 2:
+            info = room or RoomInfo(room_id, room_id)
+            check_muted(info, now_ms=now, muted_until_ms=int(reply[1]))
+        message = unpack_message(reply[1], int(reply[3]), bool(reply[4]))
+        return Appended(msgspec.structs.replace(message, room_id=room_id), bool(reply[2]))
+
+    def _message(self, room_id: str, reply: list[Any]) -> StoredMessage:
+        m = unpack_message(reply[1], int(reply[2]), bool(reply[3]))
+        return msgspec.structs.replace(m, room_id=room_id)
+
+    async def vote(self, room_id: str, chat_id: str, user_id: str) -> StoredMessage | None:
+        return await self._vote(room_id, chat_id, user_id, "1")
+
+    async def unvote(self, room_id: str, chat_id: str, user_id: str) -> StoredMessage | None:
+        return await self._vote(room_id, chat_id, user_id, "0")
+
+    async def _vote(
+        self, room_id: str, chat_id: str, user_id: str, up: str
+    ) -> StoredMessage | None:
+        reply = await self._run("vote", self.key(room_id), chat_id, user_id, up)
+        if reply[0] == -1:
+            raise UnknownChat(chat_id)
+        if reply[0] == 0:
+            return None
+        return self._message(room_id, reply)
+
+    async def _moderate(self, room_id: str, chat_id: str, action: str) -> list[Any]:
+        reply = await self._run("moderate", self.key(room_id), chat_id, action)
+        if reply[0] == -1:
+            raise UnknownChat(chat_id)
+        return list(reply)
+
+    async def mark_answered(self, room_id: str, chat_id: str) -> StoredMessage:
+        return self._message(room_id, await self._moderate(room_id, chat_id, "answer"))
+
+    async def delete_message(self, room_id: str, chat_id: str) -> None:
+        await self._moderate(room_id, chat_id, "delete")
+
+    async def claim_alert(self, room_id: str, chat_id: str) -> bool:
+        reply = await self._moderate(room_id, chat_id, "claim")
+        return bool(reply[4])
+
+    async def history(
+        self,
+        room_id: str,
+        limit: int,
+        voter: str | None = None,
+        alerts: bool = False,
+        after: int | None = None,
+        newest_if_incomplete: bool = False,
+    ) -> HistoryPage:
+        raw = await self._run(
+            "history",
+            self.key(room_id),
+            max(limit, 0),
+            voter or "",
+            -1 if after is None else after,
+            1 if newest_if_incomplete else 0,
+            1 if alerts else 0,
+            secrets.token_hex(8),
+        )
+        reply = _decode_history(raw)
+
+        def message(p: _Packed, up: int, answered: int) -> StoredMessage:
+            return StoredMessage(
+                p.chat_id,
+                room_id,
+                p.offset,
+                p.user_id,
+                p.name,
+                p.text,
+                up,
+                p.created_at,
+                bool(answered),
+                p.client_msg_id or None,
+            )
+
+        return HistoryPage(
+            [message(*m) for m in reply.messages],
+            reply.last_offset,
+            reply.voted,
+            [message(p, up, 0) for p, up in reply.alerts],
+            reply.complete,
+            reply.epoch,
+        )
+
+    # ------------------------------------------------------------ rooms and mutes
+
+    async def create_room(self, room: RoomInfo) -> RoomInfo:
+        redis = self._client()
+        data = msgspec.json.encode(room)
+        created = await self._direct(redis.set(self.key(room.room_id) + "info", data, nx=True))
+        if not created:
+            raise RoomExists(room.room_id)
+        await self._direct(redis.zadd(self.prefix + "rooms", {room.room_id: room.created_at}))
+        return room
+
+    async def update_room(self, room: RoomInfo) -> None:
+        data = msgspec.json.encode(room)
+        key = self.key(room.room_id) + "info"
+        if not await self._direct(self._client().set(key, data, xx=True)):
+            raise UnknownRoom(room.room_id)
+
+    async def get_room(self, room_id: str) -> RoomInfo | None:
+        data = await self._direct(self._client().get(self.key(room_id) + "info"))
+        return None if data is None else msgspec.json.decode(data, type=RoomInfo)
+
+    async def list_rooms(self) -> list[RoomInfo]:
+        redis = self._client()
+        ids = await self._direct(redis.zrange(self.prefix + "rooms", 0, -1))
+        rooms: list[RoomInfo] = []
+        for i in range(0, len(ids), 200):
+            pipe = redis.pipeline(transaction=False)
+            chunk = [i.decode() for i in ids[i : i + 200]]
+            for room_id in chunk:
+                pipe.get(self.key(room_id) + "info")
+            for data in await self._direct(pipe.execute()):
+                if data is not None:
+                    rooms.append(msgspec.json.decode(data, type=RoomInfo))
+        rooms.sort(key=lambda r: (r.created_at, r.room_id))
+        return rooms
+
+    async def set_mute(self, room_id: str, user_id: str, until_ms: int) -> None:
+        await self._direct(self._client().hset(self.key(room_id) + "mutes", user_id, until_ms))
+
+    async def mutes(self, room_id: str) -> dict[str, int]:
+        raw = await self._direct(self._client().hgetall(self.key(room_id) + "mutes"))
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+    # ------------------------------------------------------------ presence
+
+    async def presence_join(
+        self, room_id: str, user_id: str, name: str, list_max: int
+    ) -> tuple[bool, int, list[tuple[str, str]]]:
+        """Count this node's user in; (first in the cluster?, users, some (id, name))."""
+        first, count, flat = await self._run(
+            "pjoin", self.key(room_id), self.node_id, user_id, name, list_max
+        )
+        users = [(flat[i].decode(), flat[i + 1].decode()) for i in range(0, len(flat), 2)]
+        return bool(first), int(count), users
+
+    async def presence_leave(self, room_id: str, user_id: str) -> tuple[bool, int]:
+        """Count this node's user out; (last in the cluster?, users left)."""
+        last, count = await self._run("pleave", self.key(room_id), self.node_id, user_id)
+        return bool(last), int(count)
+
+    async def presence_purge(self, room_id: str, node_id: str) -> tuple[int, list[str]]:
+        """Drop what a dead node counted in; (users left, user ids now gone)."""
+        count, gone = await self._run("ppurge", self.key(room_id), node_id)
+        return int(count), [g.decode() for g in gone]
+
+    async def presence_nodes(self, room_id: str) -> list[str]:
+        raw = await self._direct(self._client().smembers(self.key(room_id) + "nodes"))
+        return sorted(n.decode() for n in raw)
+
+    async def heartbeat(self, ttl: float) -> None:
+        """Say this node is alive for the next `ttl` seconds."""
+        key = f"{self.prefix}node:{self.node_id}"
+        await self._direct(self._client().set(key, b"1", px=max(1, int(ttl * 1000))))
+
+    async def node_alive(self, node_id: str) -> bool:
+        return bool(await self._direct(self._client().exists(f"{self.prefix}node:{node_id}")))
+
+
+def _noscript(result: object) -> bool:
+    return isinstance(result, NoScriptError)
+
+
+Handler = Callable[[str, bytes], None]
+
+
+class RedisBroker:
+    """Room subscriptions on one dedicated connection (sharded on Redis Cluster).
+
+    `subscribe` returns once Redis confirmed the subscription, so whatever is published
+    after that reaches `on_message(room_id, data)`. When the connection drops, the broker
+    reconnects with capped backoff, resubscribes every room, and then calls `on_reset()`:
+    whatever was published meanwhile is lost to pub/sub, and the node fills the gap from
+    the history. `connected` is False while it cannot reach Redis.
+    """
+
+    def __init__(
+        self,
+        store: RedisStore,
+        on_message: Handler,
+        on_reset: Callable[[], None],
+        *,
+        backoff_max: float = 5.0,
+    ) -> None:
+        self.store = store
+        self._on_message = on_message
+        self._on_reset = on_reset
+        self._backoff_max = backoff_max
+        self._rooms: dict[str, str] = {}  # channel -> room id
+        self._confirm: dict[str, list[asyncio.Future[None]]] = {}
+        self._pubsub: Any = None
+        self._client: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self.connected = False
+        self.reconnects = 0
+        self.received = 0
+        self._kind = "s" if store.target.cluster else ""
+
+    async def open(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="redis-broker")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._drop()
+
+    async def _drop(self) -> None:
+        self.connected = False
+        pubsub, client, self._pubsub, self._client = self._pubsub, self._client, None, None
+        for futures in self._confirm.values():
+            for f in futures:
+                if not f.done():
+                    f.set_exception(StoreError("redis broker disconnected"))
+        self._confirm.clear()
+        with contextlib.suppress(RedisError, OSError, RuntimeError):
+            if pubsub is not None:
+                await pubsub.aclose()
+        with contextlib.suppress(RedisError, OSError, RuntimeError):
+            if client is not None:
+                await client.aclose()
+
+    async def subscribe(self, room_id: str) -> None:
+        """Subscribe to the room's channel and wait for Redis to confirm it."""
+        channel = self.store.channel(room_id)
+        self._rooms[channel] = room_id
+        if not self.connected:
+            raise StoreError("redis broker is not connected")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._confirm.setdefault(channel, []).append(future)
+        try:
+            await self._command("subscribe", channel)
+            await asyncio.wait_for(asyncio.shield(future), timeout=5.0)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise StoreError(f"redis broker: {exc}") from exc
+
+    async def unsubscribe(self, room_id: str) -> None:
+        channel = self.store.channel(room_id)
+        if self._rooms.pop(channel, None) is None or not self.connected:
+            return
+        with contextlib.suppress(RedisError, OSError):
+            await self._command("unsubscribe", channel)
+
+    async def _command(self, verb: str, *channels: str) -> None:
+        method = getattr(self._pubsub, self._kind + verb)
+        await method(*channels)
+
+    async def _connect(self) -> None:
+        if self.store.target.cluster:
+            self._client = connect(self.store.target)
+            self._pubsub = self._client.pubsub()
+        else:
+            self._client = connect(self.store.target, socket_timeout=None)
+            self._pubsub = self._client.pubsub()
+        await self._pubsub.ping()  # connects, or raises
+        if self._rooms:
+            await self._command("subscribe", *self._rooms)
+        self.connected = True
+
+    async def _run(self) -> None:
+        delay = 0.1
+        first = True
+        while True:
+            try:
+                await self._connect()
+            except (RedisError, OSError) as exc:
+                await self._drop()
+                log.warning("redis broker: cannot connect (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._backoff_max)
+                continue
+            delay = 0.1
+            if not first:
+                self.reconnects += 1
+                log.warning("redis broker: reconnected; filling gaps from the history")
+                self._on_reset()
+            first = False
+            try:
+                await self._read()
+            except (RedisError, OSError) as exc:
+                log.warning("redis broker: connection lost (%s)", exc)
+            await self._drop()
+
+    async def _read(self) -> None:
+        pubsub = self._pubsub
+        while True:
+            if self.store.target.cluster:
+                msg = await pubsub.get_sharded_message(ignore_subscribe_messages=False, timeout=1.0)
+            else:
+                msg = await pubsub.get_message(ignore_subscribe_messages=False, timeout=1.0)
+            if msg is None:
+                continue
+            kind = msg["type"]
+            channel = msg["channel"]
+            if isinstance(channel, bytes):
+                channel = channel.decode()
+            if kind in ("message", "smessage"):
+                room_id = self._rooms.get(channel)
+                if room_id is not None:
+                    self.received += 1
+                    self._on_message(room_id, msg["data"])
+            elif kind in ("subscribe", "ssubscribe"):
+                futures = self._confirm.get(channel)
+                if futures:
+                    future = futures.pop(0)
+                    if not futures:
+                        del self._confirm[channel]
+                    if not future.done():
+                        future.set_result(None)
