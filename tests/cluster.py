@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -32,11 +33,14 @@ needs_redis = pytest.mark.skipif(
 ADMIN = "cluster-test-admin-token-0123456789abcdef"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+def free_port(below: int = 65536) -> int:
+    """A port nothing listens on now (and, with `below`, a lower one)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port < below:
+            return port
 
 
 def _wait_port(port: int, seconds: float) -> None:
@@ -56,7 +60,8 @@ class RedisServer:
         assert REDIS_SERVER is not None, "redis-server is not installed"
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        # A cluster node also listens on port + 10000 (the cluster bus).
+        self.port = free_port(below=55000) if cluster else free_port()
         self.aof = aof
         self.cluster = cluster
         self.proc: subprocess.Popen[bytes] | None = None
@@ -79,7 +84,11 @@ class RedisServer:
         if self.cluster:
             args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait_port(self.port, 10)
+        try:
+            _wait_port(self.port, 10)
+        except TimeoutError:
+            self.stop(signal.SIGKILL)
+            raise
         return self
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
@@ -129,10 +138,16 @@ class NodeProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, *, ready: bool = True) -> NodeProcess:
-        self.proc = subprocess.Popen(
-            self.args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy()
+        # The node's log goes to a file: a pipe nobody reads could fill up and stall it.
+        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed in stop)
+            prefix=f"roomcast-{self.port}-", suffix=".log"
         )
-        _wait_port(self.port, 20)
+        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT)
+        try:
+            _wait_port(self.port, 20)
+        except TimeoutError:
+            self.stop(signal.SIGKILL)
+            raise
         if ready:
             self.wait_ready()
         return self
@@ -173,11 +188,70 @@ class NodeProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
         self.proc = None
+        self.log.close()
+
+    def output(self) -> str:
+        """What the node logged so far."""
+        with open(self.log.name, encoding="utf-8", errors="replace") as f:
+            return f.read()
 
 
 def prefix() -> str:
     """A key prefix of its own for each test, so tests sharing one Redis never meet."""
     return f"t{secrets.token_hex(4)}:"
+
+
+class RedisClusterServers:
+    """A local Redis Cluster: three primaries, no replicas, every slot covered."""
+
+    def __init__(self, directory: Path) -> None:
+        self.servers = [RedisServer(directory / f"n{i}", cluster=True) for i in range(3)]
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.servers[0].port}/0"
+
+    def start(self) -> RedisClusterServers:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        for server in self.servers:
+            server.start()
+        subprocess.run(
+            [
+                shutil.which("redis-cli") or "redis-cli",
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{s.port}" for s in self.servers),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=timeout(30),
+        )
+        deadline = time.monotonic() + timeout(20)
+        for server in self.servers:
+            while (
+                b"cluster_state:ok"
+                not in subprocess.run(
+                    ["redis-cli", "-p", str(server.port), "cluster", "info"],
+                    capture_output=True,
+                    check=False,
+                ).stdout
+            ):
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the cluster did not come up")
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()

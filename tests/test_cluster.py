@@ -10,7 +10,14 @@ from typing import Any
 import pytest
 import redis
 
-from tests.cluster import ADMIN, NodeProcess, RedisServer, needs_redis, prefix
+from tests.cluster import (
+    ADMIN,
+    NodeProcess,
+    RedisClusterServers,
+    RedisServer,
+    needs_redis,
+    prefix,
+)
 from tests.helpers import Client, timeout, wait_until
 
 pytestmark = [needs_redis, pytest.mark.slow]
@@ -508,3 +515,44 @@ async def test_killed_node_clients_resume_on_another(redis_url: str) -> None:
     finally:
         a.stop()
         b.stop()
+
+
+async def test_redis_cluster_sharded_pub_sub(tmp_path: Path) -> None:
+    """On a 3-primary Redis Cluster, rooms spread over the shards; each room's keys and
+    channel share one slot (SPUBLISH/SSUBSCRIBE), and nodes share rooms as before."""
+    servers = RedisClusterServers(tmp_path).start()
+    key_prefix = prefix()
+    a = NodeProcess(servers.url, key_prefix).start()
+    b = NodeProcess(servers.url, key_prefix).start()
+    try:
+        rooms = [f"room-{i}" for i in range(6)]
+        shards = set()
+        probe = redis.RedisCluster(host="127.0.0.1", port=servers.servers[0].port)
+        for room in rooms:
+            shards.add(probe.keyslot(f"{key_prefix}{{{room}}}:ev") * 3 // 16384)
+        assert len(shards) > 1  # the rooms really are on different primaries
+        on_a = [await connect(a) for _ in rooms]
+        on_b = [await connect(b) for _ in rooms]
+        for room, ca, cb in zip(rooms, on_a, on_b, strict=True):
+            await ca.join(room, "ann")
+            await cb.join(room, "bob")
+        for room, ca in zip(rooms, on_a, strict=True):
+            for n in range(5):
+                await ca.send("SEND_MESSAGE", userId="ann", roomId=room, message=f"{room}/{n}")
+        seen = {}
+        for room, cb in zip(rooms, on_b, strict=True):
+            seen[room] = await collect_chats(cb, 5)
+            assert [(c["offset"], c["message"]) for c in seen[room]] == [
+                (n + 1, f"{room}/{n}") for n in range(5)
+            ]
+        first = seen[rooms[0]][0]
+        await on_b[0].send("UPVOTE_MESSAGE", userId="bob", roomId=rooms[0], chatId=first["chatId"])
+        update = await on_b[0].expect("UPDATE_CHAT")
+        assert update["upvotes"] == 1
+        probe.close()
+        for client in [*on_a, *on_b]:
+            await client.close()
+    finally:
+        a.stop()
+        b.stop()
+        servers.stop()

@@ -120,9 +120,7 @@ def connect(target: RedisURL, **options: Any) -> Any:
     options.setdefault("socket_connect_timeout", 2.0)
     options.setdefault("socket_timeout", 5.0)
     if target.cluster:
-        return RedisCluster.from_url(
-            target.url, retry=Retry(NoBackoff(), 0), cluster_error_retry_attempts=1, **options
-        )
+        return RedisCluster.from_url(target.url, retry=Retry(NoBackoff(), 0), **options)
     return aioredis.Redis.from_url(target.url, retry=Retry(NoBackoff(), 0), **options)
 
 
@@ -256,8 +254,12 @@ class RedisStore:
                 retry = [op for op, r in zip(batch, results, strict=True) if _noscript(r)]
                 again = iter(await self._execute(retry))
                 results = [next(again) if _noscript(r) else r for r in results]
-        except (RedisError, OSError) as exc:
-            error = StoreError(f"redis unavailable: {exc}")
+        except Exception as exc:  # the flusher must outlive any one failure
+            if isinstance(exc, RedisError | OSError):
+                error = StoreError(f"redis unavailable: {exc}")
+            else:
+                log.exception("redis store: a batch failed")
+                error = StoreError(f"redis store: {exc!r}")
             for op in batch:
                 if not op.future.done():
                     op.future.set_exception(error)
@@ -279,16 +281,16 @@ class RedisStore:
             if op.script is None:
                 pipe.execute_command(*op.args)
             else:
-                pipe.evalsha(self._shas[op.script], 1, *op.args)
+                # (execute_command: redis-py's cluster pipeline refuses .evalsha, yet
+                # routes EVALSHA by its key like any other command)
+                pipe.execute_command("EVALSHA", self._shas[op.script], 1, *op.args)
         return list(await pipe.execute(raise_on_error=False))
 
     async def _load_scripts(self) -> None:
         redis = self._client()
         for name, source in self._sources.items():
-            if self.target.cluster:
-                self._shas[name] = await redis.script_load(source, target_nodes="all")
-            else:
-                self._shas[name] = await redis.script_load(source)
+            # On a cluster, redis-py loads the script on every primary.
+            self._shas[name] = await redis.script_load(source)
 
     async def publish(self, room_id: str, data: bytes) -> None:
         """Publish to the room's channel, after every write this node queued before."""
@@ -559,6 +561,7 @@ class RedisBroker:
         self.reconnects = 0
         self.received = 0
         self._kind = "s" if store.target.cluster else ""
+        self._lock = asyncio.Lock()
 
     async def open(self) -> None:
         self._task = asyncio.create_task(self._run(), name="redis-broker")
@@ -609,16 +612,18 @@ class RedisBroker:
 
     async def _command(self, verb: str, *channels: str) -> None:
         method = getattr(self._pubsub, self._kind + verb)
-        await method(*channels)
+        async with self._lock:  # redis-py's cluster pub/sub: no read during a (un)subscribe
+            await method(*channels)
 
     async def _connect(self) -> None:
         if self.store.target.cluster:
             self._client = connect(self.store.target)
+            await self._client.initialize()  # reads the slot map, or raises
             self._pubsub = self._client.pubsub()
         else:
             self._client = connect(self.store.target, socket_timeout=None)
             self._pubsub = self._client.pubsub()
-        await self._pubsub.ping()  # connects, or raises
+            await self._pubsub.ping()  # connects, or raises
         if self._rooms:
             await self._command("subscribe", *self._rooms)
         self.connected = True
@@ -629,7 +634,7 @@ class RedisBroker:
         while True:
             try:
                 await self._connect()
-            except (RedisError, OSError) as exc:
+            except Exception as exc:  # keep trying, whatever the client library raised
                 await self._drop()
                 log.warning("redis broker: cannot connect (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
@@ -643,19 +648,36 @@ class RedisBroker:
             first = False
             try:
                 await self._read()
-            except (RedisError, OSError) as exc:
-                log.warning("redis broker: connection lost (%s)", exc)
+            except Exception as exc:
+                log.warning("redis broker: connection lost (%r)", exc)
             await self._drop()
 
     async def _read(self) -> None:
         pubsub = self._pubsub
+        cluster = self.store.target.cluster
+        idle = 0.0
+        quiet_since = time.monotonic()
         while True:
-            if self.store.target.cluster:
-                msg = await pubsub.get_sharded_message(ignore_subscribe_messages=False, timeout=1.0)
+            if cluster:
+                # redis-py reads one shard connection after another; a blocking wait
+                # on one would delay the others, so poll them all, backing off to 10 ms.
+                msg = None
+                if pubsub.node_pubsub_mapping:
+                    async with self._lock:
+                        msg = await pubsub.get_sharded_message(ignore_subscribe_messages=False)
+                if msg is None:
+                    idle = min(max(idle * 2, 0.001), 0.01)
+                    await asyncio.sleep(idle)
             else:
                 msg = await pubsub.get_message(ignore_subscribe_messages=False, timeout=1.0)
             if msg is None:
+                if time.monotonic() - quiet_since > 5.0:  # a dead link shows on a ping
+                    quiet_since = time.monotonic()
+                    if not cluster:
+                        await pubsub.ping()
                 continue
+            idle = 0.0
+            quiet_since = time.monotonic()
             kind = msg["type"]
             channel = msg["channel"]
             if isinstance(channel, bytes):
