@@ -45,7 +45,7 @@ from roomcast.core.rooms import (
     priority,
     state,
 )
-from roomcast.ports import Store, StoredMessage
+from roomcast.ports import HistoryPage, Store, StoredMessage
 from roomcast.runtime.frames import text_frame
 from roomcast.runtime.hub import Hub
 from roomcast.runtime.outbox import Outbox
@@ -271,23 +271,10 @@ class Node:
             if member.is_admin:
                 self.admins.join(room_id, box)
         member.rooms[room_id] = name
-        if after is None or not page.complete:  # the newest messages
-            covered = page.messages[0].offset - 1 if page.messages else page.last_offset
-        else:
-            covered = after
         recovered = None
         if since is not None:
             recovered = resumable and page.complete and since <= page.last_offset
-        history = HistoryOut(
-            room_id,
-            [self.chat_out(m, info) for m in page.messages],
-            page.last_offset,
-            covered,
-            self.store.epoch,
-            page.voted,
-            self.room_out(info),
-            recovered,
-        )
+        history = self.history_out(room_id, page, info, after, recovered)
         box.send(text_frame(encode_event("ROOM_HISTORY", history)))
         users = [
             UserOut(u, n) for u, n in self.presence.users(room_id, self.settings.presence_list_max)
@@ -299,6 +286,30 @@ class Node:
             self.hub.publish(room_id, encode_event("USER_JOINED", event))
         for alert in page.alerts:
             box.send(text_frame(self._alert(alert)))
+
+    def history_out(
+        self,
+        room_id: str,
+        page: HistoryPage,
+        info: RoomInfo,
+        after: int | None,
+        recovered: bool | None,
+    ) -> HistoryOut:
+        """ROOM_HISTORY for a page read with `after` (None: the newest messages)."""
+        if after is None or not page.complete:  # the newest messages
+            covered = page.messages[0].offset - 1 if page.messages else page.last_offset
+        else:
+            covered = after
+        return HistoryOut(
+            room_id,
+            [self.chat_out(m, info) for m in page.messages],
+            page.last_offset,
+            covered,
+            page.epoch or self.store.epoch,
+            page.voted,
+            self.room_out(info),
+            recovered,
+        )
 
     def leave(self, member: Member, room_id: str) -> None:
         """Leave one room; announce USER_LEFT when it was the user's last connection."""

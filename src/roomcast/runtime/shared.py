@@ -33,7 +33,6 @@ from roomcast.config import Settings
 from roomcast.core.errors import StoreError
 from roomcast.core.protocol import (
     ChatOut,
-    HistoryOut,
     MutedOut,
     PresenceOut,
     RoomEventOut,
@@ -279,20 +278,7 @@ class SharedNode(Node):
         if full or not same or not page.complete:
             recovered = same and page.complete
             info = self._rooms.get(room_id) or RoomInfo(room_id, room_id)
-            if not page.complete or not same:
-                covered = page.messages[0].offset - 1 if page.messages else page.last_offset
-            else:
-                covered = after
-            history = HistoryOut(
-                room_id,
-                [self.chat_out(m, info) for m in page.messages],
-                page.last_offset,
-                covered,
-                page.epoch,
-                [],
-                self.room_out(info),
-                recovered,
-            )
+            history = self.history_out(room_id, page, info, after if same else None, recovered)
             self.hub.publish(room_id, encode_event("ROOM_HISTORY", history))
             if not recovered:
                 self.resets += 1
@@ -390,23 +376,10 @@ class SharedNode(Node):
         if not again:
             self.presence.add(room_id, user_id, name)
         member.rooms[room_id] = name
-        if after is None or not page.complete:
-            covered = page.messages[0].offset - 1 if page.messages else page.last_offset
-        else:
-            covered = after
         recovered = None
         if since is not None:
             recovered = resumable and page.complete and since <= page.last_offset
-        history = HistoryOut(
-            room_id,
-            [self.chat_out(m, info) for m in page.messages],
-            page.last_offset,
-            covered,
-            page.epoch,
-            page.voted,
-            self.room_out(info),
-            recovered,
-        )
+        history = self.history_out(room_id, page, info, after, recovered)
         box = member.outbox
         box.send(text_frame(encode_event("ROOM_HISTORY", history)))
         # Line the joiner up with what this node has delivered: messages the history
