@@ -112,13 +112,14 @@ class NodeProcess:
     """`python -m roomcast serve` on a free port, sharing rooms through `broker`."""
 
     def __init__(self, broker: str, prefix: str, *extra: str, port: int = 0) -> None:
+        """With `broker` empty, a node on its own (`extra` then names its store)."""
         self.port = port or free_port()
         self.broker = broker
+        shared = ["--broker", broker, "--redis-prefix", prefix] if broker else []
         self.args = [
             sys.executable, "-m", "roomcast", "serve",
             "--port", str(self.port),
-            "--broker", broker,
-            "--redis-prefix", prefix,
+            *shared,
             "--admin-token", ADMIN,
             "--node-heartbeat", "0.5",
             "--drain-time", "0",

@@ -13,6 +13,7 @@ import websockets
 
 from roomcast.adapters.sqlite import SqliteStore
 from roomcast.testing import running_server
+from tests.cluster import NodeProcess, needs_redis, prefix
 from tests.helpers import Client, timeout
 from tests.test_cli import free_port
 
@@ -104,3 +105,117 @@ async def test_online_backup_of_the_sqlite_store(tmp_path: Path) -> None:
     await copy.open()
     assert [m.text for m in (await copy.history("r", 10)).messages] == ["keep me"]
     await copy.close()
+
+
+def _nginx_site(tmp_path: Path, name: str, ports: list[int], listen: int) -> Path:
+    """The shipped config `name`, pointed at `ports` and listening on `listen`."""
+    site = (ROOT / "deploy" / "nginx" / name).read_text()
+    for default, port in zip((8081, 8082, 8083), ports, strict=True):
+        site = site.replace(f"127.0.0.1:{default}", f"127.0.0.1:{port}")
+    site = site.replace("listen 80;", f"listen 127.0.0.1:{listen};")
+    (tmp_path / "site.conf").write_text(site)
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "nginx.conf").write_text(
+        f"error_log {tmp_path}/logs/error.log;\npid {tmp_path}/nginx.pid;\n"
+        "events { worker_connections 256; }\n"
+        f"http {{ access_log off; client_body_temp_path {tmp_path}/body; "
+        f"proxy_temp_path {tmp_path}/proxy; include {tmp_path}/site.conf; }}\n"
+    )
+    return tmp_path / "nginx.conf"
+
+
+async def _run_nginx(conf: Path) -> asyncio.subprocess.Process:
+    if not HAVE_NGINX:
+        if os.environ.get("CI"):
+            pytest.fail("nginx is missing: CI must run this test")
+        pytest.skip("no nginx (apt-get install nginx)")
+    return await asyncio.create_subprocess_exec(
+        NGINX, "-p", str(conf.parent), "-c", str(conf), "-g", "daemon off;",
+        stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+@needs_redis
+async def test_nginx_in_front_of_three_nodes_sharing_rooms(tmp_path: Path, redis_url: str) -> None:
+    """deploy/nginx/roomcast-pubsub.conf: nginx spreads one room's users over three
+    nodes joined by Redis; everyone sees everyone's messages, in one order."""
+    key_prefix = prefix()
+    nodes = [NodeProcess(redis_url, key_prefix, "--trusted-proxy", "127.0.0.1") for _ in range(3)]
+    for node in nodes:
+        node.start()
+    listen = free_port()
+    proc = await _run_nginx(
+        _nginx_site(tmp_path, "roomcast-pubsub.conf", [n.port for n in nodes], listen)
+    )
+    try:
+        url = f"ws://127.0.0.1:{listen}/ws?room=lecture"
+        clients = [await _connect_when_up(url) for _ in range(6)]
+        for i, client in enumerate(clients):
+            await client.join("lecture", f"u{i}")
+        for i, client in enumerate(clients):
+            await client.send(
+                "SEND_MESSAGE", userId=f"u{i}", roomId="lecture", message=f"hello {i}"
+            )
+        orders = []
+        for client in clients:
+            chats = [await client.expect("ADD_CHAT") for _ in clients]
+            orders.append([c["chatId"] for c in chats])
+            assert sorted(c["message"] for c in chats) == sorted(f"hello {i}" for i in range(6))
+        assert all(order == orders[0] for order in orders)
+        served = [_metric(node, "roomcast_connections") for node in nodes]
+        assert sum(served) == 6
+        assert sum(1 for n in served if n > 0) >= 2  # the room really spans nodes
+        for client in clients:
+            await client.close()
+    finally:
+        proc.terminate()
+        await proc.wait()
+        for node in nodes:
+            node.stop()
+
+
+async def test_nginx_room_affinity_over_three_independent_nodes(tmp_path: Path) -> None:
+    """deploy/nginx/roomcast-affinity.conf: no Redis; nginx hashes ?room= so all users
+    of a room reach the same node, and different rooms spread over the nodes."""
+    nodes = [
+        NodeProcess("", "", "--store", "memory://", "--trusted-proxy", "127.0.0.1")
+        for _ in range(3)
+    ]
+    for node in nodes:
+        node.start()
+    listen = free_port()
+    proc = await _run_nginx(
+        _nginx_site(tmp_path, "roomcast-affinity.conf", [n.port for n in nodes], listen)
+    )
+    try:
+        rooms = [f"room{i}" for i in range(12)]
+        for room in rooms:
+            url = f"ws://127.0.0.1:{listen}/ws?room={room}"
+            a = await _connect_when_up(url)
+            b = await _connect_when_up(url)
+            await a.join(room, "a")
+            await b.join(room, "b")
+            await a.send("SEND_MESSAGE", userId="a", roomId=room, message=f"in {room}")
+            assert (await b.expect("ADD_CHAT"))["message"] == f"in {room}"  # same node
+            await a.close()
+            await b.close()
+        hosting = [_metric(node, "roomcast_messages_in_total") for node in nodes]
+        assert sum(1 for n in hosting if n > 0) >= 2  # rooms spread over the nodes
+    finally:
+        proc.terminate()
+        await proc.wait()
+        for node in nodes:
+            node.stop()
+
+
+def _metric(node: NodeProcess, name: str) -> float:
+    """The sum of a metric's samples on a node's /metrics."""
+    import urllib.request
+
+    with urllib.request.urlopen(node.http + "/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name) and not line.startswith("#") and (line[len(name)] in " {")
+    )

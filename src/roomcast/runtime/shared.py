@@ -137,6 +137,9 @@ class SharedNode(Node):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def feed_count(self) -> int:
+        return len(self._feeds)
+
     def member_count(self, room_id: str) -> int:
         return self._counts.get(room_id, self.presence.count(room_id))
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -80,6 +80,31 @@ class _Collector(Collector):
         yield _gauge(
             "roomcast_event_loop_lag_seconds", "How late the event loop woke up.", stats.loop_lag
         )
+        broker = getattr(server.node, "broker", None)
+        if broker is not None:  # a node sharing rooms through Redis
+            node: Any = server.node
+            yield _gauge(
+                "roomcast_broker_connected", "1 while Redis pub/sub is up.", broker.connected
+            )
+            yield _gauge(
+                "roomcast_broker_subscriptions", "Rooms this node subscribes to.", node.feed_count()
+            )
+            yield _counter(
+                "roomcast_broker_received_total", "Publications received.", broker.received
+            )
+            yield _counter(
+                "roomcast_broker_reconnects_total", "Pub/sub reconnections.", broker.reconnects
+            )
+            yield _counter(
+                "roomcast_gaps_filled_total",
+                "Missed messages found and delivered from the history.",
+                node.gaps_filled,
+            )
+            yield _counter(
+                "roomcast_history_resets_total",
+                "Gaps the history could not fill (members got recovered: false).",
+                node.resets,
+            )
 
 
 def _counter(
