@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import redis
 
+from roomcast.testing import running_server
 from tests.cluster import (
     ADMIN,
     NodeProcess,
@@ -556,3 +557,21 @@ async def test_redis_cluster_sharded_pub_sub(tmp_path: Path) -> None:
         a.stop()
         b.stop()
         servers.stop()
+
+
+async def test_a_burst_of_joins_waits_for_redis_connections(redis_url: str) -> None:
+    """300 clients join a new room at once through a node allowed 4 Redis connections:
+    all get in (callers queue for a connection instead of failing)."""
+    async with running_server(
+        store=redis_url, redis_prefix=prefix(), redis_connections=4, max_connections_per_ip=1000
+    ) as server:
+        clients = await asyncio.gather(*(Client.connect(server.url) for _ in range(300)))
+        await asyncio.gather(
+            *(
+                c.send("JOIN_ROOM", name="n", userId=f"u{i}", roomId="burst")
+                for i, c in enumerate(clients)
+            )
+        )
+        histories = await asyncio.gather(*(c.expect("ROOM_HISTORY", wait=30) for c in clients))
+        assert all(h["roomId"] == "burst" for h in histories)
+        await asyncio.gather(*(c.close() for c in clients))

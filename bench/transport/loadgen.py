@@ -268,7 +268,9 @@ def collect(
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    url = f"ws://127.0.0.1:{args.port}/"
+    # Several ports: several nodes sharing the room; worker i connects to port i mod n.
+    urls = [f"ws://127.0.0.1:{port}/" for port in args.port]
+    url = urls[0]
     ctx = mp.get_context("spawn")
     out: Queue[Any] = ctx.Queue()
     shares = [
@@ -280,7 +282,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     procs = [
         ctx.Process(
             target=receiver_process,
-            args=(i, url, n, args.batch, gos[i], ctls[i], out),
+            args=(i, urls[i % len(urls)], n, args.batch, gos[i], ctls[i], out),
             daemon=True,
         )
         for i, n in enumerate(shares)
@@ -325,10 +327,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         gen_pids = [os.getpid()] + [p.pid for p in procs if p.pid is not None]
         time.sleep(max(0.0, (t0 - time.time_ns()) / 1e9))
-        a_ns, a_srv = time.time_ns(), cpu_ticks(args.server_pid)
+        a_ns, a_srv = time.time_ns(), sum(cpu_ticks(pid) for pid in args.server_pid)
+        a_extra = sum(cpu_ticks(pid) for pid in args.extra_pid)
         a_gen = [cpu_ticks(pid) for pid in gen_pids]
         time.sleep(max(0.0, (t1 - time.time_ns()) / 1e9))
-        b_ns, b_srv = time.time_ns(), cpu_ticks(args.server_pid)
+        b_ns, b_srv = time.time_ns(), sum(cpu_ticks(pid) for pid in args.server_pid)
+        b_extra = sum(cpu_ticks(pid) for pid in args.extra_pid)
         b_gen = [cpu_ticks(pid) for pid in gen_pids]
 
         deadline = time.monotonic() + (plan.listen_until - time.time_ns()) / 1e9 + 60
@@ -372,6 +376,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "deliveries": deliveries,
         "deliveries_per_s": deliveries / elapsed,
         "us_per_delivery": server_cpu * 1e6 / deliveries if deliveries else None,
+        "extra_cpu_pct": 100.0 * (b_extra - a_extra) / CLK_TCK / elapsed,
+        "extra_us_per_delivery": (
+            (b_extra - a_extra) / CLK_TCK * 1e6 / deliveries if deliveries else None
+        ),
         "latency_ms": {
             "p50": percentile(latencies, 0.50) / 1e6,
             "p99": percentile(latencies, 0.99) / 1e6,
@@ -395,8 +403,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--server-pid", type=int, required=True)
+    parser.add_argument("--port", type=int, nargs="+", required=True, help="one per node")
+    parser.add_argument(
+        "--server-pid", type=int, nargs="+", required=True, help="server processes (CPU summed)"
+    )
+    parser.add_argument(
+        "--extra-pid", type=int, nargs="*", default=[], help="e.g. redis-server: CPU reported apart"
+    )
     parser.add_argument("--receivers", type=int, default=1000)
     parser.add_argument("--rate", type=float, default=200.0, help="messages per second")
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds")

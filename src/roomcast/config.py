@@ -43,6 +43,13 @@ class Settings:
             "nodes count its users out of presence"
         },
     )
+    redis_connections: int = field(
+        default=32,
+        metadata={
+            "help": "most connections a node opens to Redis (per cluster node), besides its "
+            "pub/sub connection; more callers wait for one"
+        },
+    )
     redis_prefix: str = field(
         default="rc:", metadata={"help": "prefix of every Redis key and channel roomcast uses"}
     )
@@ -171,6 +178,7 @@ class Settings:
             "max_rooms_per_connection",
             "max_queue_bytes",
             "store_queue_max",
+            "redis_connections",
             "backlog",
             "max_connections_per_ip",
             "message_burst",

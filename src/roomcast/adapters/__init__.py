@@ -18,6 +18,7 @@ def open_store(
     queue_max: int = 10_000,
     history_max_age: float = 0.0,
     prefix: str = "rc:",
+    redis_connections: int = 32,
 ) -> Store:
     """Build (not yet open) the store named by `url`.
 
@@ -40,6 +41,7 @@ def open_store(
             history_max=history_max,
             history_max_age=history_max_age,
             queue_max=queue_max,
+            max_connections=redis_connections,
         )
     if parts.scheme == "memory":
         from roomcast.adapters.memory import MemoryStore

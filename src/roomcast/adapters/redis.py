@@ -114,14 +114,26 @@ def parse_url(url: str) -> RedisURL:
     return RedisURL(urlunsplit((scheme, *parts[1:])), cluster)
 
 
-def connect(target: RedisURL, **options: Any) -> Any:
+def connect(target: RedisURL, *, max_connections: int = 32, **options: Any) -> Any:
     """A redis-py client (plain or cluster) that never retries a command on its own:
-    a retried append could post twice, so failures surface to the caller."""
+    a retried append could post twice, so failures surface to the caller. At most
+    `max_connections` connections (per cluster node); a burst of callers waits for one
+    (up to the socket timeout) instead of failing."""
     options.setdefault("socket_connect_timeout", 2.0)
     options.setdefault("socket_timeout", 5.0)
+    retry = Retry(NoBackoff(), 0)
     if target.cluster:
-        return RedisCluster.from_url(target.url, retry=Retry(NoBackoff(), 0), **options)
-    return aioredis.Redis.from_url(target.url, retry=Retry(NoBackoff(), 0), **options)
+        return RedisCluster.from_url(
+            target.url, retry=retry, max_connections=max_connections, **options
+        )
+    pool = aioredis.BlockingConnectionPool.from_url(
+        target.url,
+        max_connections=max_connections,
+        timeout=options["socket_timeout"] or 5.0,
+        retry=retry,
+        **options,
+    )
+    return aioredis.Redis(connection_pool=pool)
 
 
 class _Op:
@@ -147,6 +159,7 @@ class RedisStore:
         history_max: int = 10_000,
         history_max_age: float = 0.0,
         queue_max: int = 10_000,
+        max_connections: int = 32,
     ) -> None:
         if history_max < 1:
             raise ValueError("history_max must be at least 1")
@@ -155,6 +168,7 @@ class RedisStore:
         self._history_max = history_max
         self._max_age_ms = int(history_max_age * 1000)
         self._queue_max = queue_max
+        self._max_connections = max_connections
         self._redis: Any = None
         self._queue: list[_Op] = []
         self._wakeup = asyncio.Event()
@@ -174,6 +188,7 @@ class RedisStore:
         self._id_lock = asyncio.Lock()
         self._epoch = ""
         self.node_id = secrets.token_hex(6)
+        self._candidates = 0
 
     # ------------------------------------------------------------ lifecycle
 
@@ -187,7 +202,7 @@ class RedisStore:
         at start makes operations fail (and /readyz say so) instead of the process."""
         if self._redis is not None:
             return
-        self._redis = connect(self.target)
+        self._redis = connect(self.target, max_connections=self._max_connections)
         self._epoch = "redis"
         self._flusher = asyncio.create_task(self._flush_forever(), name="redis-store-flusher")
 
@@ -216,6 +231,12 @@ class RedisStore:
         if self._redis is None:
             raise StoreError("store is not open")
         return self._redis
+
+    def _epoch_candidate(self) -> str:
+        """A value no other call, here or on another node, proposes: a room's epoch is
+        set from it when the room's history does not exist (yet, or any more)."""
+        self._candidates += 1
+        return f"{self.node_id}{self._candidates:x}"
 
     def key(self, room_id: str) -> str:
         """The room's key prefix; every key and the channel of the room start with it."""
@@ -349,7 +370,7 @@ class RedisStore:
             1 if check_mute else 0,
             self._history_max,
             self._max_age_ms,
-            secrets.token_hex(8),
+            self._epoch_candidate(),
             self._publish_cmd,
         )
         if reply[0] == 1:
@@ -418,7 +439,7 @@ class RedisStore:
             -1 if after is None else after,
             1 if newest_if_incomplete else 0,
             1 if alerts else 0,
-            secrets.token_hex(8),
+            self._epoch_candidate(),
         )
         reply = _decode_history(raw)
 

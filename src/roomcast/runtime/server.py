@@ -99,6 +99,7 @@ class RoomcastServer:
             queue_max=settings.store_queue_max,
             history_max_age=settings.history_max_age,
             prefix=settings.redis_prefix,
+            redis_connections=settings.redis_connections,
         )
         self.stats = Stats()
         self.node = _make_node(settings, self.store, clock, self.stats)
