@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -575,3 +577,33 @@ async def test_a_burst_of_joins_waits_for_redis_connections(redis_url: str) -> N
         histories = await asyncio.gather(*(c.expect("ROOM_HISTORY", wait=30) for c in clients))
         assert all(h["roomId"] == "burst" for h in histories)
         await asyncio.gather(*(c.close() for c in clients))
+
+
+def _patch_room(node: NodeProcess, room: str, **changes: Any) -> None:
+    request = urllib.request.Request(
+        f"{node.http}/api/rooms/{room}",
+        data=json.dumps(changes).encode(),
+        method="PATCH",
+        headers={"Authorization": f"Bearer {ADMIN}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert response.status == 200
+
+
+async def test_room_settings_changed_anywhere_hold_everywhere(nodes: list[NodeProcess]) -> None:
+    """A node that does not host a room keeps no stale copy of its settings: a room
+    closed on node 0, reopened on node 1, is open for a user who then joins on node 0;
+    and a member on node 2 sees both changes live."""
+    watcher = await connect(nodes[2])
+    await watcher.join("settings", "w")
+    _patch_room(nodes[0], "settings", isOpen=False)
+    assert (await watcher.expect("ROOM_UPDATED"))["room"]["isOpen"] is False
+    _patch_room(nodes[1], "settings", isOpen=True, cooldownSeconds=0)
+    assert (await watcher.expect("ROOM_UPDATED"))["room"]["isOpen"] is True
+    user = await connect(nodes[0])
+    history = await user.join("settings", "u")
+    assert history["room"]["isOpen"] is True
+    await user.send("SEND_MESSAGE", userId="u", roomId="settings", message="open again")
+    assert (await collect_chats(user, 1))[0]["message"] == "open again"
+    await user.close()
+    await watcher.close()

@@ -175,6 +175,7 @@ class SharedNode(Node):
         if self._feeds.get(room_id) is feed:
             del self._feeds[room_id]
             self._counts.pop(room_id, None)
+            self._forget(room_id)
             feed.closing = True
             self._spawn(self.broker.unsubscribe(room_id))
 
@@ -320,10 +321,12 @@ class SharedNode(Node):
         since: int | None = None,
         epoch: str | None = None,
     ) -> None:
-        info, mutes = await self._load(room_id, create=True)
+        # Subscribe first, then read the settings: an update published in between is
+        # then either in what we read or delivered to us, never lost.
         feed = await self._feed(room_id)
         feed.joining += 1
         try:
+            info, mutes = await self._load(room_id, create=True)
             await self._join(member, feed, info, mutes, room_id, user_id, name, since, epoch)
         finally:
             feed.joining -= 1
@@ -425,9 +428,6 @@ class SharedNode(Node):
         if feed is not None:
             feed.waiting.pop(member, None)
             self._release(room_id, feed)
-        if self.hub.member_count(room_id) == 0 and (feed is None or not feed.joining):
-            self._rooms.pop(room_id, None)
-            self._mutes.pop(room_id, None)
 
     async def _presence_leave(self, room_id: str, user_id: str) -> None:
         try:
@@ -499,10 +499,19 @@ class SharedNode(Node):
         await self.shared.publish(room_id, ALERT + payload)
 
     async def _emit_room(self, info: RoomInfo) -> None:
+        self._forget(info.room_id)
         await self.shared.publish(info.room_id, ROOM + msgspec.json.encode(info))
 
     async def _emit_mute(self, room_id: str, user_id: str, until: int) -> None:
+        self._forget(room_id)
         await self.shared.publish(room_id, MUTE + msgspec.json.encode(MuteWire(user_id, until)))
+
+    def _forget(self, room_id: str) -> None:
+        """Drop cached settings and mutes of a room this node does not host: nothing
+        would keep them fresh (hosted rooms are kept fresh by their channel)."""
+        if room_id not in self._feeds:
+            self._rooms.pop(room_id, None)
+            self._mutes.pop(room_id, None)
 
     # ------------------------------------------------------------ dead nodes
 
