@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 import redis
 
+from roomcast.adapters.redis import RedisStore
+from roomcast.runtime.shared import SharedNode
 from roomcast.testing import running_server
 from tests.cluster import (
     ADMIN,
@@ -607,3 +609,29 @@ async def test_room_settings_changed_anywhere_hold_everywhere(nodes: list[NodePr
     assert (await collect_chats(user, 1))[0]["message"] == "open again"
     await user.close()
     await watcher.close()
+
+
+async def test_a_missed_publication_is_filled_from_the_history(redis_url: str) -> None:
+    """A message whose publication never reached the node (here: published where the
+    node does not listen) shows up as a gap at the next offset; the node delivers it
+    from the history first, so members still get every message, in order, once."""
+    key_prefix = prefix()
+    async with running_server(store=redis_url, redis_prefix=key_prefix) as server:
+        client = await Client.connect(server.url)
+        await client.join("gap", "u")
+        await client.send("SEND_MESSAGE", userId="u", roomId="gap", message="one")
+        assert (await collect_chats(client, 1))[0]["offset"] == 1
+        silent = RedisStore(redis_url, prefix=key_prefix)
+        await silent.open()
+        silent._publish_cmd = "SPUBLISH"  # a shard channel: the node's SUBSCRIBE misses it
+        await silent.append("gap", "v", "vic", "two")
+        await client.expect_silence(0.3)
+        await client.send("SEND_MESSAGE", userId="u", roomId="gap", message="three")
+        chats = await collect_chats(client, 2)
+        assert [(c["offset"], c["message"]) for c in chats] == [(2, "two"), (3, "three")]
+        await client.expect_silence(0.3)
+        node = server.node
+        assert isinstance(node, SharedNode)
+        assert node.gaps_filled == 1
+        await silent.close()
+        await client.close()

@@ -133,7 +133,7 @@ def connect(target: RedisURL, *, max_connections: int = 32, **options: Any) -> A
         retry=retry,
         **options,
     )
-    return aioredis.Redis(connection_pool=pool)
+    return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
 
 
 class _Op:

@@ -76,6 +76,7 @@ class Feed:
         "joining",
         "last",
         "ready",
+        "refill",
         "ring",
         "ring_base",
         "waiting",
@@ -91,6 +92,7 @@ class Feed:
         self.waiting: dict[Member, int] = {}  # joiners whose history is ahead of `last`
         self.joining = 0
         self.closing = False
+        self.refill = False  # something may have been missed while a fill ran: fill again
 
 
 class SharedNode(Node):
@@ -186,6 +188,8 @@ class SharedNode(Node):
         if feed.held is not None:
             if len(feed.held) < HELD_MAX:
                 feed.held.append(data)
+            else:  # dropped here; the history has it: resend the window after this fill
+                feed.refill = True
             return
         self._dispatch(room_id, feed, data)
 
@@ -300,14 +304,22 @@ class SharedNode(Node):
             self._enter(room_id, member)
         if feed.held is None:
             feed.held = []
+        if feed.refill:
+            feed.refill = False
+            self._spawn(self._fill(room_id, feed, full=True))
+            return
         self._go_live(room_id, feed)
 
     def _on_reset(self) -> None:
         """The broker reconnected: every hosted room may have missed events."""
         for room_id, feed in self._feeds.items():
-            if feed.ready.done() and feed.held is None:
+            if not feed.ready.done():
+                continue  # its baseline read comes after the new subscription
+            if feed.held is None:
                 feed.held = []
                 self._spawn(self._fill(room_id, feed, full=True))
+            else:  # a fill is running and may have read before the link dropped
+                feed.refill = True
 
     # ------------------------------------------------------------ membership
 
@@ -522,6 +534,7 @@ class SharedNode(Node):
         while True:
             try:
                 await self.shared.heartbeat(3 * beat)
+                self._unstick()
                 if time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + 2 * beat
                     for room_id in list(self._feeds):
@@ -529,6 +542,16 @@ class SharedNode(Node):
             except StoreError as exc:
                 log.debug("housekeeping: %s", exc)
             await asyncio.sleep(beat)
+
+    def _unstick(self) -> None:
+        """Joiners wait for the feed to reach the offset their history read saw; that
+        message is on its way through pub/sub, but should it never come, read it."""
+        for room_id, feed in self._feeds.items():
+            if not feed.waiting or feed.held is not None or not feed.ready.done():
+                continue
+            if feed.last < max(feed.waiting.values()):
+                feed.held = []
+                self._spawn(self._fill(room_id, feed, full=False))
 
     async def _sweep(self, room_id: str) -> None:
         for node_id in await self.shared.presence_nodes(room_id):
