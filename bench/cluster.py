@@ -8,7 +8,7 @@ Configurations, all measured in one run (repetitions interleaved):
 * ``redis-2``, ``redis-3``: the room's receivers spread evenly over 2 or 3 nodes.
 
 The servers (roomcast nodes and a private redis-server on a free port) are pinned to
-CPU 0, the load generator (bench/transport/loadgen.py, picows clients) to CPU 1. The
+CPU 0, the load generator (`roomcast.bench.fanout`, picows clients) to CPU 1. The
 figures are server CPU per delivery (all nodes summed), Redis CPU per delivery,
 deliveries/s and latency; every ratio is against ``alone`` of the same run. Everything
 listens on 127.0.0.1 and stops by itself.
@@ -98,7 +98,7 @@ def run_one(config: str, rate: float, args: argparse.Namespace, tmp: Path) -> di
             if not wait_http(port, "/readyz"):
                 return {"config": config, "rate": rate, "error": "a node did not get ready"}
         node_pids = [str(p.pid) for p in procs if str(p.pid) not in redis_pid]
-        gen = [sys.executable, str(HERE / "transport" / "loadgen.py"), "--roomcast"]
+        gen = [sys.executable, "-m", "roomcast.bench.fanout", "--roomcast"]
         gen += ["--port", *map(str, ports), "--server-pid", *node_pids]
         if redis_pid:
             gen += ["--extra-pid", *redis_pid]

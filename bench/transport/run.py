@@ -1,7 +1,7 @@
 """Run the transport matrix: {websockets, aiohttp, picows} x uvloop {off, on} x rates.
 
 For each run a fresh server (servers.py) is started pinned to CPU 0 and the load generator
-(loadgen.py) pinned to CPU 1 (``taskset``, when there are two CPUs); the server is stopped by
+(`python -m roomcast.bench.fanout`) pinned to CPU 1 (``taskset``, when there are two CPUs); the server is stopped by
 its pid afterwards. Repetitions are interleaved (rep 1 of every config, then rep 2, ...) so
 slow noise from other tenants spreads over all configs. Medians are taken over the valid
 runs of each config (over all of them, flagged, when none is valid). Prints a Markdown table
@@ -108,7 +108,7 @@ def run_one(lib: str, uvloop: bool, rate: float, args: argparse.Namespace) -> di
             if not wait_ready(server, timeout=20):
                 err.seek(0)
                 return {**run, "error": "server did not start: " + err.read()[-500:]}
-            gen = [sys.executable, str(HERE / "loadgen.py"), "--port", str(port)]
+            gen = [sys.executable, "-m", "roomcast.bench.fanout", "--port", str(port)]
             gen += ["--server-pid", str(server.pid), "--rate", str(rate)]
             gen += ["--receivers", str(args.receivers), "--duration", str(args.duration)]
             gen += ["--warmup", str(args.warmup), "--tail", str(args.tail)]

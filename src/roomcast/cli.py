@@ -71,6 +71,15 @@ def _parser() -> argparse.ArgumentParser:
         "file, then ROOMCAST_<NAME> environment variables, then these flags; each wins "
         "over the ones before it.",
     )
+    bench = commands.add_parser(
+        "bench",
+        help="load-test a running server on this machine (needs roomcast[bench])",
+        description="Run a load scenario against a roomcast on this machine and print a "
+        "table (JSON too): fanout, rooms, idle or handshakes. See docs/performance.md.",
+    )
+    from roomcast.bench.cli import add_arguments
+
+    add_arguments(bench)
     config = commands.add_parser(
         "config",
         parents=[settings],
@@ -213,6 +222,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _token(args)
     if args.command in ("send", "tail", "rooms"):
         return _remote(args)
+    if args.command == "bench":
+        from roomcast.bench.cli import run
+
+        return run(args)
     if args.command not in ("serve", "config"):
         parser.print_help()
         return 0 if args.command is None and argv is not None else 2

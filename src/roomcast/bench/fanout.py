@@ -14,7 +14,9 @@ its own process. During the measured window the main process reads the server's 
   reasons (a generator process above 85 % of a core, or all of them above 85 % of the cores
   they may run on; receivers that failed to connect; a sender behind its schedule).
 
-    python bench/transport/loadgen.py --port 8765 --server-pid 1234 --rate 200
+    python -m roomcast.bench.fanout --port 8765 --server-pid 1234 --rate 200
+
+(`roomcast bench fanout` runs it against a URL and finds the server's pid itself.)
 """
 
 from __future__ import annotations

@@ -1,0 +1,189 @@
+"""`roomcast bench SCENARIO`: run one scenario against a running server, print a table,
+write JSON.
+
+    roomcast bench fanout --url ws://127.0.0.1:8080/ --rate 50 --rate 200
+    roomcast bench fanout --url ws://127.0.0.1:8081/ --url ws://127.0.0.1:8082/   # 2 nodes
+    roomcast bench rooms --url ws://127.0.0.1:8080/          # 100 rooms x 10, all sending
+    roomcast bench idle --url ws://127.0.0.1:8080/ --connections 10000
+    roomcast bench handshakes --url ws://127.0.0.1:8080/ --connections 2000
+
+The server must allow the load: serve it with `--max-message-rate 1e9 --message-burst
+1000000000 --max-connections-per-ip 1000000` (and `ulimit -n` above the connections).
+Its pids are found from the URLs' ports; `--server-pid` names them instead (e.g. to add
+a redis-server's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from roomcast import __version__
+from roomcast.bench import scenarios
+
+SCENARIOS = ("fanout", "rooms", "idle", "handshakes")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("scenario", choices=SCENARIOS)
+    parser.add_argument(
+        "--url", action="append", default=None, help="a node's ws:// URL (repeat for several)"
+    )
+    parser.add_argument("--server-pid", type=int, action="append", default=None)
+    parser.add_argument("--out", type=Path, help="JSON file (default ./roomcast-bench-...)")
+    parser.add_argument("--quick", action="store_true", help="small and short: a smoke test")
+    fan = parser.add_argument_group("fanout")
+    fan.add_argument("--receivers", type=int, default=1000)
+    fan.add_argument("--rate", type=float, action="append", help="messages/s (repeatable)")
+    fan.add_argument("--workers", type=int, default=2, help="receiver processes")
+    timing = parser.add_argument_group("timing")
+    timing.add_argument("--duration", type=float, default=8.0, help="measured seconds")
+    timing.add_argument("--warmup", type=float, default=2.0)
+    many = parser.add_argument_group("rooms")
+    many.add_argument("--rooms", type=int, default=100)
+    many.add_argument("--members", type=int, default=10)
+    conns = parser.add_argument_group("idle and handshakes")
+    conns.add_argument("--connections", type=int, default=None)
+    conns.add_argument("--per-room", type=int, default=10, help="idle: members per room")
+    conns.add_argument("--batch", type=int, default=100, help="connections opened at once")
+
+
+def _progress(text: str) -> None:
+    if sys.stderr.isatty():
+        print(f"\r\033[K{text}", end="", file=sys.stderr, flush=True)
+    else:
+        print(text, file=sys.stderr, flush=True)
+
+
+def _fanout(args: argparse.Namespace, ports: list[int], pids: list[int]) -> list[dict[str, Any]]:
+    results = []
+    for rate in args.rate or ([200.0] if args.quick else [50.0, 200.0]):
+        _progress(f"fanout: {args.receivers:,} receivers at {rate:g} msg/s ...")
+        cmd = [sys.executable, "-m", "roomcast.bench.fanout", "--roomcast"]
+        cmd += ["--port", *map(str, ports), "--server-pid", *map(str, pids)]
+        cmd += ["--rate", str(rate), "--receivers", str(args.receivers)]
+        cmd += ["--duration", str(args.duration), "--warmup", str(args.warmup)]
+        cmd += ["--workers", str(args.workers)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError("load generator failed: " + proc.stderr[-1000:])
+        results.append({"scenario": "fanout", "nodes": len(ports), **json.loads(proc.stdout)})
+    return results
+
+
+def _row(r: dict[str, Any]) -> str:
+    flag = " INVALID: " + "; ".join(r["invalid"]) if r.get("invalid") else ""
+    if r["scenario"] == "fanout":
+        lat = r["latency_ms"]
+        return (
+            f"| fanout {r['receivers']:,} rcv × {r['rate']:g}/s, {r['nodes']} node(s) "
+            f"| {r['deliveries_per_s']:,.0f} deliveries/s | {r['us_per_delivery']:.2f} µs/delivery "
+            f"| p50 {lat['p50']:.1f} / p99 {lat['p99']:.1f} / max {lat['max']:.1f} ms "
+            f"| lost {r['lost']}, dup {r['duplicates']} | gen {r['gen_cpu_pct']:.0f}%{flag} |"
+        )
+    if r["scenario"] == "rooms":
+        lat = r["latency_ms"]
+        return (
+            f"| rooms {r['rooms']} × {r['members']}, all sending "
+            f"| {r['deliveries_per_s']:,.0f} deliveries/s "
+            f"| {r['server_cpu_us_per_delivery']:.2f} µs/delivery "
+            f"| p50 {lat['p50']:.1f} / p99 {lat['p99']:.1f} / max {lat['max']:.1f} ms "
+            f"| server {r['server_cpu_pct']:.0f}% | gen {r['gen_cpu_pct']:.0f}%{flag} |"
+        )
+    if r["scenario"] == "idle":
+        return (
+            f"| idle {r['connections']:,} joined in {r['rooms']:,} rooms "
+            f"| {r['kib_per_connection']:.1f} KiB RSS/connection "
+            f"| RSS {r['server_rss_kib_before'] / 1024:.0f} → "
+            f"{r['server_rss_kib_after'] / 1024:.0f} MiB | | |{flag} |"
+        )
+    return (
+        f"| handshakes {r['connections']:,} | {r['per_s']:,.0f} opened+joined/s "
+        f"| {r['server_cpu_us_per_connection']:.0f} µs server CPU/connection "
+        f"| server {r['server_cpu_pct']:.0f}% | | gen {r['gen_cpu_pct']:.0f}%{flag} |"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    urls = args.url or ["ws://127.0.0.1:8080/"]
+    try:
+        ports = [scenarios.loopback_port(u) for u in urls]
+    except ValueError as exc:
+        print(f"roomcast bench: {exc}", file=sys.stderr)
+        return 2
+    pids = args.server_pid or sorted({p for port in ports for p in scenarios.listener_pids(port)})
+    if not pids:
+        print(f"roomcast bench: nothing listens on {urls} (start roomcast serve)", file=sys.stderr)
+        return 2
+    if args.quick:
+        args.duration, args.warmup = min(args.duration, 3.0), min(args.warmup, 1.0)
+        args.receivers = min(args.receivers, 200)
+        args.rooms, args.members = min(args.rooms, 20), min(args.members, 5)
+    scenario = args.scenario
+    if scenario == "fanout":
+        results = _fanout(args, ports, pids)
+    elif scenario == "rooms":
+        results = [
+            asyncio.run(
+                scenarios.rooms(
+                    urls[0],
+                    pids,
+                    room_count=args.rooms,
+                    members=args.members,
+                    warmup=args.warmup,
+                    duration=args.duration,
+                    progress=_progress,
+                )
+            )
+        ]
+    elif scenario == "idle":
+        count = args.connections or (500 if args.quick else 10_000)
+        results = [
+            asyncio.run(
+                scenarios.idle(
+                    urls[0],
+                    pids,
+                    count=count,
+                    per_room=args.per_room,
+                    batch=args.batch,
+                    settle=1.0 if args.quick else 3.0,
+                    progress=_progress,
+                )
+            )
+        ]
+    else:
+        count = args.connections or (300 if args.quick else 2_000)
+        results = [
+            asyncio.run(
+                scenarios.handshakes(
+                    urls[0], pids, count=count, batch=args.batch, progress=_progress
+                )
+            )
+        ]
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    print("| scenario | throughput | server cost | latency / memory | | generator |")
+    print("|---|---|---|---|---|---|")
+    for r in results:
+        print(_row(r))
+    out = args.out or Path(f"roomcast-bench-{scenario}-{dt.datetime.now():%Y%m%d-%H%M%S}.json")
+    report = {
+        "roomcast": __version__,
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "urls": urls,
+        "server_pids": pids,
+        "args": {k: v for k, v in vars(args).items() if k != "out"},
+        "results": results,
+    }
+    out.write_text(json.dumps(report, indent=1, default=str))
+    print(f"wrote {out}", file=sys.stderr)
+    return 0

@@ -1,0 +1,83 @@
+"""`roomcast bench` in smoke mode: every scenario runs against a real server process and
+writes a report with figures. (Speed is measured by the benchmark, never asserted here.)"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cluster import NodeProcess
+from tests.helpers import timeout
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def node() -> Iterator[NodeProcess]:
+    server = NodeProcess(
+        "", "", "--store", "memory://", "--max-connections-per-ip", "1000000"
+    ).start()
+    yield server
+    server.stop()
+
+
+def bench(node: NodeProcess, tmp_path: Path, *args: str) -> dict[str, object]:
+    out = tmp_path / "report.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "roomcast", "bench", *args, "--quick", "--url", node.url,
+         "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=timeout(180),
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| scenario |" in proc.stdout
+    report: dict[str, object] = json.loads(out.read_text())
+    assert report["server_pids"] == [node.proc.pid if node.proc else -1]
+    return report
+
+
+def test_bench_handshakes(node: NodeProcess, tmp_path: Path) -> None:
+    (result,) = bench(node, tmp_path, "handshakes")["results"]  # type: ignore[misc]
+    assert result["connections"] == 300
+    assert result["per_s"] > 0
+    assert result["server_cpu_us_per_connection"] > 0
+
+
+def test_bench_idle(node: NodeProcess, tmp_path: Path) -> None:
+    (result,) = bench(node, tmp_path, "idle")["results"]  # type: ignore[misc]
+    assert result["connections"] == 500
+    assert result["server_rss_kib_after"] > 0
+
+
+def test_bench_rooms(node: NodeProcess, tmp_path: Path) -> None:
+    (result,) = bench(node, tmp_path, "rooms")["results"]  # type: ignore[misc]
+    assert result["deliveries_per_s"] > 0
+    assert result["server_cpu_us_per_delivery"] > 0
+    assert not any("ERROR" in reason for reason in result["invalid"])
+
+
+def test_bench_fanout(node: NodeProcess, tmp_path: Path) -> None:
+    (result,) = bench(node, tmp_path, "fanout", "--rate", "50")["results"]  # type: ignore[misc]
+    assert result["connected"] == 200
+    assert result["deliveries"] > 0
+    assert result["lost"] == 0
+    assert result["duplicates"] == 0
+
+
+def test_bench_refuses_remote_urls(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "roomcast", "bench", "idle", "--url", "ws://example.org/"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2
+    assert "this machine only" in proc.stderr
