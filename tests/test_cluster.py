@@ -9,12 +9,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import redis
 
 from roomcast.adapters.redis import RedisStore
 from roomcast.runtime.shared import SharedNode
-from roomcast.testing import running_server
+from roomcast.testing import TEST_ADMIN_TOKEN, running_server
 from tests.cluster import (
     ADMIN,
     NodeProcess,
@@ -634,4 +635,36 @@ async def test_a_missed_publication_is_filled_from_the_history(redis_url: str) -
         assert isinstance(node, SharedNode)
         assert node.gaps_filled == 1
         await silent.close()
+        await client.close()
+
+
+async def test_http_publish_on_one_node_reaches_members_on_another(redis_url: str) -> None:
+    """The HTTP API posts through Redis like a participant: a member on the other node
+    gets ADD_CHAT, a retry with the same Idempotency-Key posts nothing, and the history
+    endpoint of either node shows the message once."""
+    key_prefix = prefix()
+    async with (
+        running_server(store=redis_url, redis_prefix=key_prefix) as a,
+        running_server(store=redis_url, redis_prefix=key_prefix) as b,
+        aiohttp.ClientSession() as http,
+    ):
+        client = await Client.connect(b.url)
+        await client.join("news", "reader")
+        headers = {"Authorization": f"Bearer {TEST_ADMIN_TOKEN}", "Idempotency-Key": "k-1"}
+        url = f"http://127.0.0.1:{a.port}/api/rooms/news/messages"
+        for status in (201, 200):
+            async with http.post(
+                url, json={"name": "desk", "message": "extra!"}, headers=headers
+            ) as response:
+                assert response.status == status
+        chat = (await collect_chats(client, 1))[0]
+        assert (chat["message"], chat["offset"]) == ("extra!", 1)
+        await client.expect_silence(0.3)
+        async with http.get(
+            f"http://127.0.0.1:{b.port}/api/rooms/news/messages",
+            headers={"Authorization": f"Bearer {TEST_ADMIN_TOKEN}"},
+        ) as response:
+            page = await response.json()
+        assert [m["message"] for m in page["messages"]] == ["extra!"]
+        assert page["epoch"] != "redis"  # the room's own epoch
         await client.close()

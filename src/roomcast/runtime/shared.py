@@ -126,6 +126,8 @@ class SharedNode(Node):
     async def stop(self) -> None:
         for task in self._background:
             task.cancel()
+        if self._tasks:  # let the last presence updates (USER_LEFT) go out
+            await asyncio.wait(list(self._tasks), timeout=2.0)
         for task in list(self._tasks):
             task.cancel()
         for task in [*self._background, *self._tasks]:
