@@ -256,3 +256,27 @@ async def test_memory_history_is_bounded() -> None:
     assert (await s.history("r", 10, after=2)).complete
     with pytest.raises(ValueError, match="history_max"):
         MemoryStore(history_max=0)
+
+
+async def test_redis_history_is_bounded_by_size_and_age(redis_url: str) -> None:
+    """history_max keeps the newest N (older ones are gone, resumes say incomplete);
+    history_max_age drops what is older, on the next append."""
+    by_size = RedisStore(redis_url, prefix=prefix(), history_max=3)
+    await by_size.open()
+    for i in range(5):
+        await by_size.append("r", "u", "n", f"m{i}", f"c{i}")
+    page = await by_size.history("r", 10)
+    assert [m.text for m in page.messages] == ["m2", "m3", "m4"]
+    assert not (await by_size.history("r", 10, after=1)).complete
+    assert (await by_size.history("r", 10, after=2)).complete
+    retry = await by_size.append("r", "u", "n", "m0", "c0")  # its first copy was dropped
+    assert not retry.duplicate
+    await by_size.close()
+
+    by_age = RedisStore(redis_url, prefix=prefix(), history_max_age=0.2)
+    await by_age.open()
+    await by_age.append("r", "u", "n", "old")
+    await asyncio.sleep(0.3)
+    await by_age.append("r", "u", "n", "new")
+    assert [m.text for m in (await by_age.history("r", 10)).messages] == ["new"]
+    await by_age.close()
