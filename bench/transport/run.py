@@ -1,11 +1,11 @@
 """Run the transport matrix: {websockets, aiohttp, picows} x uvloop {off, on} x rates.
 
 For each run a fresh server (servers.py) is started pinned to CPU 0 and the load generator
-(`python -m roomcast.bench.fanout`) pinned to CPU 1 (``taskset``, when there are two CPUs); the server is stopped by
-its pid afterwards. Repetitions are interleaved (rep 1 of every config, then rep 2, ...) so
-slow noise from other tenants spreads over all configs. Medians are taken over the valid
-runs of each config (over all of them, flagged, when none is valid). Prints a Markdown table
-and writes bench/results/transport-<date>.json.
+(`python -m roomcast.bench.fanout`) pinned to CPU 1 (``taskset``, when there are two CPUs);
+the server is stopped by its pid afterwards. Repetitions are interleaved (rep 1 of every
+config, then rep 2, ...) so slow noise from other tenants spreads over all configs. Medians
+are taken over the valid runs of each config (over all of them, flagged, when none is
+valid). Prints a Markdown table and writes bench/results/transport-<date>.json.
 
     python bench/transport/run.py            # full matrix, about 12 minutes
     python bench/transport/run.py --quick    # smoke test, under a minute
