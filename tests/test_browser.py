@@ -16,6 +16,7 @@ from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
 from roomcast.runtime.server import RoomcastServer
 from roomcast.testing import TEST_ADMIN_TOKEN, running_server
+from tests.cluster import RedisServer, needs_redis
 from tests.helpers import Client, timeout
 
 CHROMIUM = os.environ.get("ROOMCAST_CHROMIUM", "/usr/bin/chromium")
@@ -287,3 +288,37 @@ async def test_reference_page_works_unchanged_between_two_tabs(browser: Browser)
                 assert ERRORS[tab] == []
     finally:
         await runner.cleanup()
+
+
+@needs_redis
+async def test_one_room_over_two_nodes_in_the_browser(browser: Browser, tmp_path: Path) -> None:
+    """Two people on two nodes sharing a Redis talk in one room; when that Redis restarts
+    empty, each page says messages could not be recovered, and the room goes on."""
+    redis = RedisServer(tmp_path / "redis").start()
+    try:
+        async with (
+            running_server(store=redis.url, redis_prefix="page:") as a,
+            running_server(store=redis.url, redis_prefix="page:") as b,
+        ):
+            _, ann = await new_page(browser)
+            _, bob = await new_page(browser)
+            await join(ann, http_base(a), "lecture", "Ann")
+            await join(bob, http_base(b), "lecture", "Bob")
+            await ask(ann, "from node A")
+            await expect(column(bob, "all")).to_have_text(["from node A"], timeout=WAIT_MS)
+            await ask(bob, "from node B")
+            await expect(column(ann, "all")).to_have_text(
+                ["from node A", "from node B"], timeout=WAIT_MS
+            )
+            redis.restart()  # no persistence: the room's history is gone
+            for page in (ann, bob):
+                await expect(page.locator("#notices")).to_contain_text(
+                    "could not be recovered", timeout=timeout(20) * 1000
+                )
+                await expect(column(page, "all")).to_have_count(0, timeout=WAIT_MS)
+            await ask(bob, "after the restart")
+            await expect(column(ann, "all")).to_have_text(["after the restart"], timeout=WAIT_MS)
+        assert ERRORS[ann] == []
+        assert ERRORS[bob] == []
+    finally:
+        redis.stop()
