@@ -63,12 +63,16 @@ def test_bench_rooms(node: NodeProcess, tmp_path: Path) -> None:
     assert not any("ERROR" in reason for reason in result["invalid"])
 
 
-def test_bench_fanout(node: NodeProcess, tmp_path: Path) -> None:
-    (result,) = bench(node, tmp_path, "fanout", "--rate", "50")["results"]  # type: ignore[misc]
-    assert result["connected"] == 200
-    assert result["deliveries"] > 0
-    assert result["lost"] == 0
-    assert result["duplicates"] == 0
+def test_bench_fanout_against_a_bare_baseline(node: NodeProcess, tmp_path: Path) -> None:
+    report = bench(node, tmp_path, "fanout", "--rate", "50", "--baseline", "aiohttp")
+    ours, bare = report["results"]  # type: ignore[misc]
+    assert (ours["server"], bare["server"]) == ("roomcast", "bare aiohttp")
+    for result in (ours, bare):
+        assert result["connected"] == 200
+        assert result["deliveries"] > 0
+        assert result["lost"] == 0
+        assert result["duplicates"] == 0
+    assert ours["x_baseline"] == ours["us_per_delivery"] / bare["us_per_delivery"]
 
 
 def test_bench_refuses_remote_urls(tmp_path: Path) -> None:

@@ -1,11 +1,11 @@
 """Run the transport matrix: {websockets, aiohttp, picows} x uvloop {off, on} x rates.
 
-For each run a fresh server (servers.py) is started pinned to CPU 0 and the load generator
-(`python -m roomcast.bench.fanout`) pinned to CPU 1 (``taskset``, when there are two CPUs);
-the server is stopped by its pid afterwards. Repetitions are interleaved (rep 1 of every
-config, then rep 2, ...) so slow noise from other tenants spreads over all configs. Medians
-are taken over the valid runs of each config (over all of them, flagged, when none is
-valid). Prints a Markdown table and writes bench/results/transport-<date>.json.
+For each run a fresh server (`roomcast.bench.servers`) is started pinned to CPU 0 and the
+load generator (`python -m roomcast.bench.fanout`) pinned to CPU 1 (``taskset``, when there
+are two CPUs); the server is stopped by its pid afterwards. Repetitions are interleaved (rep
+1 of every config, then rep 2, ...) so slow noise from other tenants spreads over all
+configs. Medians are taken over the valid runs of each config (over all of them, flagged,
+when none is valid). Prints a Markdown table and writes bench/results/transport-<date>.json.
 
     python bench/transport/run.py            # full matrix, about 12 minutes
     python bench/transport/run.py --quick    # smoke test, under a minute
@@ -100,7 +100,8 @@ def run_one(lib: str, uvloop: bool, rate: float, args: argparse.Namespace) -> di
     pin_server, pin_gen = pinning()
     port = free_port()
     uv_flag = "--uvloop" if uvloop else "--no-uvloop"
-    cmd = [sys.executable, str(HERE / "servers.py"), "--lib", lib, uv_flag, "--port", str(port)]
+    cmd = [sys.executable, "-m", "roomcast.bench.servers", "--lib", lib, uv_flag]
+    cmd += ["--port", str(port)]
     run: dict[str, Any] = {"lib": lib, "uvloop": uvloop, "rate": rate}
     with tempfile.TemporaryFile("w+") as err:
         server = subprocess.Popen(pin_server + cmd, stdout=subprocess.PIPE, stderr=err, text=True)

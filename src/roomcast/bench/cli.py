@@ -44,6 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fan.add_argument("--receivers", type=int, default=1000)
     fan.add_argument("--rate", type=float, action="append", help="messages/s (repeatable)")
     fan.add_argument("--workers", type=int, default=2, help="receiver processes")
+    fan.add_argument(
+        "--baseline",
+        choices=("aiohttp", "picows", "websockets"),
+        help="also run a bare broadcast server on this library, on the server's CPUs, "
+        "and report roomcast's cost as a ratio to it",
+    )
     timing = parser.add_argument_group("timing")
     timing.add_argument("--duration", type=float, default=8.0, help="measured seconds")
     timing.add_argument("--warmup", type=float, default=2.0)
@@ -63,19 +69,52 @@ def _progress(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
 
+def _generate(
+    args: argparse.Namespace, rate: float, ports: list[int], pids: list[int], roomcast: bool
+) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "roomcast.bench.fanout", *(["--roomcast"] if roomcast else [])]
+    cmd += ["--port", *map(str, ports), "--server-pid", *map(str, pids)]
+    cmd += ["--rate", str(rate), "--receivers", str(args.receivers)]
+    cmd += ["--duration", str(args.duration), "--warmup", str(args.warmup)]
+    cmd += ["--workers", str(args.workers)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError("load generator failed: " + proc.stderr[-1000:])
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result
+
+
+def _baseline(args: argparse.Namespace, rate: float, cpus: set[int]) -> dict[str, Any]:
+    """Start a bare server on `cpus`, measure it like roomcast, stop it (by its pid)."""
+    port = scenarios.free_port()
+    cmd = [sys.executable, "-m", "roomcast.bench.servers", "--lib", args.baseline, "--uvloop"]
+    server = subprocess.Popen([*cmd, "--port", str(port)], stdout=subprocess.PIPE, text=True)
+    try:
+        os.sched_setaffinity(server.pid, cpus)
+        assert server.stdout is not None
+        if not server.stdout.readline().startswith("READY"):
+            raise RuntimeError(f"the bare {args.baseline} server did not start")
+        return _generate(args, rate, [port], [server.pid], roomcast=False)
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
 def _fanout(args: argparse.Namespace, ports: list[int], pids: list[int]) -> list[dict[str, Any]]:
     results = []
+    cpus = os.sched_getaffinity(pids[0])
     for rate in args.rate or ([200.0] if args.quick else [50.0, 200.0]):
         _progress(f"fanout: {args.receivers:,} receivers at {rate:g} msg/s ...")
-        cmd = [sys.executable, "-m", "roomcast.bench.fanout", "--roomcast"]
-        cmd += ["--port", *map(str, ports), "--server-pid", *map(str, pids)]
-        cmd += ["--rate", str(rate), "--receivers", str(args.receivers)]
-        cmd += ["--duration", str(args.duration), "--warmup", str(args.warmup)]
-        cmd += ["--workers", str(args.workers)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise RuntimeError("load generator failed: " + proc.stderr[-1000:])
-        results.append({"scenario": "fanout", "nodes": len(ports), **json.loads(proc.stdout)})
+        result = _generate(args, rate, ports, pids, roomcast=True)
+        results.append({"scenario": "fanout", "server": "roomcast", "nodes": len(ports), **result})
+        if args.baseline:
+            _progress(f"fanout: the same against bare {args.baseline} ...")
+            base = _baseline(args, rate, cpus)
+            results.append(
+                {"scenario": "fanout", "server": f"bare {args.baseline}", "nodes": 1, **base}
+            )
+            if base["us_per_delivery"] and result["us_per_delivery"]:
+                results[-2]["x_baseline"] = result["us_per_delivery"] / base["us_per_delivery"]
     return results
 
 
@@ -83,9 +122,11 @@ def _row(r: dict[str, Any]) -> str:
     flag = " INVALID: " + "; ".join(r["invalid"]) if r.get("invalid") else ""
     if r["scenario"] == "fanout":
         lat = r["latency_ms"]
+        ratio = f" (×{r['x_baseline']:.2f} bare)" if "x_baseline" in r else ""
         return (
-            f"| fanout {r['receivers']:,} rcv × {r['rate']:g}/s, {r['nodes']} node(s) "
-            f"| {r['deliveries_per_s']:,.0f} deliveries/s | {r['us_per_delivery']:.2f} µs/delivery "
+            f"| fanout {r['server']}, {r['receivers']:,} rcv × {r['rate']:g}/s, "
+            f"{r['nodes']} node(s) | {r['deliveries_per_s']:,.0f} deliveries/s "
+            f"| {r['us_per_delivery']:.2f} µs/delivery{ratio} "
             f"| p50 {lat['p50']:.1f} / p99 {lat['p99']:.1f} / max {lat['max']:.1f} ms "
             f"| lost {r['lost']}, dup {r['duplicates']} | gen {r['gen_cpu_pct']:.0f}%{flag} |"
         )

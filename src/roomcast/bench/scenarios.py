@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import resource
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -40,6 +41,13 @@ def loopback_port(url: str) -> int:
     if parts.scheme != "ws" or parts.hostname not in ("127.0.0.1", "localhost", "::1"):
         raise ValueError(f"benchmarks run against this machine only (ws://127.0.0.1:PORT/): {url}")
     return parts.port or 80
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 def listener_pids(port: int) -> list[int]:

@@ -12,7 +12,9 @@ recommend for broadcasting: ``websockets.broadcast``, an ``await ws.send_str`` l
 aiohttp, a ``WSTransport.send`` loop for picows. Listens on 127.0.0.1 only and prints
 ``READY <port>`` when it accepts connections. Stop it with SIGTERM (its default action).
 
-    python bench/transport/servers.py --lib picows --uvloop --port 8765
+    python -m roomcast.bench.servers --lib picows --uvloop --port 8765
+
+(`roomcast bench fanout --baseline aiohttp` starts one next to the server it measures.)
 """
 
 from __future__ import annotations
