@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 import redis
 
 from roomcast.adapters.redis import RedisStore
+from roomcast.core.errors import ClientError
 from roomcast.runtime.shared import SharedNode
 from roomcast.testing import TEST_ADMIN_TOKEN, running_server
 from tests.cluster import (
@@ -304,13 +306,14 @@ async def test_nodes_subscribe_only_to_rooms_they_host(
 def test_ledger_helpers_are_consistent() -> None:
     """The ledger used by the fault tests counts what it should."""
     ledger = Ledger()
-    ledger.add_frame({"type": "ADD_CHAT", "payload": {"chatId": "1", "message": "p:0"}})
-    ledger.add_frame({"type": "ADD_CHAT", "payload": {"chatId": "1", "message": "p:0"}})
-    ledger.add_frame(
-        {"type": "ROOM_HISTORY", "payload": {"messages": [{"chatId": "2", "message": "p:1"}]}}
-    )
+    chat = {"chatId": "1", "message": "p:0", "offset": 1}
+    ledger.add_frame({"type": "ADD_CHAT", "payload": chat})
+    ledger.add_frame({"type": "ADD_CHAT", "payload": chat})
+    history = {"messages": [{"chatId": "2", "message": "p:1"}], "lastOffset": 2}
+    ledger.add_frame({"type": "ROOM_HISTORY", "payload": history})
     assert ledger.texts() == {"p:0", "p:1"}
     assert ledger.duplicates == 1
+    assert ledger.out_of_order == 1  # the second copy of offset 1
 
 
 class Ledger:
@@ -321,17 +324,25 @@ class Ledger:
         self.live: set[str] = set()
         self.duplicates = 0
         self.resets = 0
+        self.last_offset = 0  # the newest offset this client has (history or live)
+        self.out_of_order = 0  # ADD_CHAT at or below an offset the client already had
 
     def add_frame(self, frame: dict[str, Any]) -> None:
         payload = frame["payload"]
         if frame["type"] == "ADD_CHAT":
             if payload["chatId"] in self.live:
                 self.duplicates += 1
+            if payload["offset"] <= self.last_offset:
+                self.out_of_order += 1
+            self.last_offset = payload["offset"]
             self.live.add(payload["chatId"])
             self.by_id[payload["chatId"]] = payload["message"]
         elif frame["type"] == "ROOM_HISTORY":
             if payload.get("recovered") is False:
                 self.resets += 1
+                self.last_offset = payload["lastOffset"]  # a new history starts over
+            else:
+                self.last_offset = max(self.last_offset, payload["lastOffset"])
             for m in payload["messages"]:
                 self.by_id[m["chatId"]] = m["message"]
 
@@ -467,6 +478,7 @@ async def test_redis_restart_with_aof_loses_nothing(tmp_path: Path) -> None:
     for ledger in ledgers:
         assert acked <= ledger.texts(), sorted(acked - ledger.texts())[:5]
         assert ledger.duplicates == 0
+        assert ledger.out_of_order == 0
         assert ledger.resets == 0
 
 
@@ -479,6 +491,7 @@ async def test_redis_restart_without_persistence_says_so(tmp_path: Path) -> None
     for ledger in ledgers:
         assert ledger.resets == 1
         assert ledger.duplicates == 0
+        assert ledger.out_of_order == 0
     # what was acknowledged after the restart is everywhere
     late = {text for text in acked if int(text.split(":")[1]) >= 100}
     for ledger in ledgers:
@@ -668,3 +681,44 @@ async def test_http_publish_on_one_node_reaches_members_on_another(redis_url: st
         assert [m["message"] for m in page["messages"]] == ["extra!"]
         assert page["epoch"] != "redis"  # the room's own epoch
         await client.close()
+
+
+async def test_leave_and_join_again_at_once_keeps_the_subscription(
+    nodes: list[NodeProcess],
+) -> None:
+    """The room's only member on a node leaves and joins back in one breath: the node's
+    unsubscribe for the leave must not undo the subscribe for the join."""
+    other = await connect(nodes[1])
+    await other.join("flicker", "o")
+    client = await connect(nodes[0])
+    await client.join("flicker", "c")
+    client.skip = client.skip | {"LEFT_ROOM"}
+    for _ in range(5):
+        await client.send("LEAVE_ROOM", roomId="flicker", userId="c")
+        await client.send("JOIN_ROOM", name="c", userId="c", roomId="flicker")
+        await client.expect("ROOM_HISTORY")
+    await asyncio.sleep(0.3)
+    await other.send("SEND_MESSAGE", userId="o", roomId="flicker", message="still there?")
+    assert (await collect_chats(client, 1))[0]["message"] == "still there?"
+    await client.close()
+    await other.close()
+
+
+async def test_the_append_script_enforces_mutes_and_cooldowns(redis_url: str) -> None:
+    """Mutes and cooldowns are checked inside Redis, whatever a node has cached."""
+    store = RedisStore(redis_url, prefix=prefix())
+    await store.open()
+    await store.set_mute("m", "mallory", int(time.time() * 1000) + 60_000)
+    with pytest.raises(ClientError) as muted:
+        await store.append("m", "mallory", "M", "hi", check_mute=True)
+    assert muted.value.code == "muted"
+    assert (await store.history("m", 10)).messages == []
+    await store.append("m", "eve", "E", "first", "c1", cooldown_ms=60_000)
+    with pytest.raises(ClientError) as slow:
+        await store.append("m", "eve", "E", "second", "c2", cooldown_ms=60_000)
+    assert slow.value.code == "cooldown"
+    assert 0 < int(slow.value.details["retryAfterMs"]) <= 60_000
+    retry = await store.append("m", "eve", "E", "first", "c1", cooldown_ms=60_000)
+    assert retry.duplicate  # a retry of the message that started the cooldown is fine
+    assert [m.text for m in (await store.history("m", 10)).messages] == ["first"]
+    await store.close()

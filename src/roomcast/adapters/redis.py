@@ -48,6 +48,8 @@ log = logging.getLogger("roomcast.redis")
 
 CHAT_ID_BLOCK = 1_000  # chat ids a node reserves from the shared counter at once
 BATCH_MAX = 512  # operations per pipeline round trip
+PONG_TIMEOUT = 5.0  # seconds the pub/sub link may leave a ping unanswered
+OP_TIMEOUT = 15.0  # seconds a store operation may wait, queue included, before failing
 
 
 class _Packed(msgspec.Struct, array_like=True, frozen=True):
@@ -171,6 +173,7 @@ class RedisStore:
         self._max_connections = max_connections
         self._redis: Any = None
         self._queue: list[_Op] = []
+        self._inflight: list[_Op] = []
         self._wakeup = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
         self._shas: dict[str, str] = {}
@@ -182,6 +185,7 @@ class RedisStore:
             "pjoin": lua.PRESENCE_JOIN,
             "pleave": lua.PRESENCE_LEAVE,
             "ppurge": lua.PRESENCE_PURGE,
+            "ids": lua.RESERVE_IDS,
         }
         self._publish_cmd = "SPUBLISH" if self.target.cluster else "PUBLISH"
         self._ids: list[int] = []  # reserved chat ids: [next, end)
@@ -212,10 +216,11 @@ class RedisStore:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
             self._flusher = None
-        for op in self._queue:
+        for op in [*self._inflight, *self._queue]:
             if not op.future.done():
                 op.future.set_exception(StoreError("store closed"))
         self._queue.clear()
+        self._inflight = []
         if self._redis is not None:
             redis, self._redis = self._redis, None
             with contextlib.suppress(RedisError, OSError):
@@ -257,7 +262,10 @@ class RedisStore:
         return future
 
     async def _run(self, script: str | None, *args: Any) -> Any:
-        return await self._submit(script, *args)
+        try:
+            return await asyncio.wait_for(self._submit(script, *args), OP_TIMEOUT)
+        except TimeoutError:
+            raise StoreError(f"redis: no answer in {OP_TIMEOUT:g} s") from None
 
     async def _flush_forever(self) -> None:
         while True:
@@ -265,7 +273,15 @@ class RedisStore:
             self._wakeup.clear()
             while self._queue:
                 batch, self._queue = self._queue[:BATCH_MAX], self._queue[BATCH_MAX:]
-                await self._flush(batch)
+                self._inflight = batch
+                try:
+                    await self._flush(batch)
+                except Exception:  # never let the one writer die: fail this batch only
+                    log.exception("redis store: a batch failed")
+                    for op in batch:
+                        if not op.future.done():
+                            op.future.set_exception(StoreError("redis store failed"))
+                self._inflight = []
 
     async def _flush(self, batch: list[_Op]) -> None:
         try:
@@ -278,6 +294,7 @@ class RedisStore:
         except Exception as exc:  # the flusher must outlive any one failure
             if isinstance(exc, RedisError | OSError):
                 error = StoreError(f"redis unavailable: {exc}")
+                self._ids = []  # Redis may come back without the counter: reserve anew
             else:
                 log.exception("redis store: a batch failed")
                 error = StoreError(f"redis store: {exc!r}")
@@ -309,9 +326,11 @@ class RedisStore:
 
     async def _load_scripts(self) -> None:
         redis = self._client()
+        shas = {}
         for name, source in self._sources.items():
             # On a cluster, redis-py loads the script on every primary.
-            self._shas[name] = await redis.script_load(source)
+            shas[name] = await redis.script_load(source)
+        self._shas = shas  # all or none: a half-loaded set would never be completed
 
     async def publish(self, room_id: str, data: bytes) -> None:
         """Publish to the room's channel, after every write this node queued before."""
@@ -328,9 +347,8 @@ class RedisStore:
     async def _chat_id(self) -> str:
         async with self._id_lock:
             if not self._ids or self._ids[0] >= self._ids[1]:
-                end = await self._direct(
-                    self._client().incrby(self.prefix + "chat-ids", CHAT_ID_BLOCK)
-                )
+                floor = int(time.time() * 1000) * 1000
+                end = await self._run("ids", self.prefix + "chat-ids", CHAT_ID_BLOCK, floor)
                 self._ids = [int(end) - CHAT_ID_BLOCK + 1, int(end) + 1]
             chat_id = self._ids[0]
             self._ids[0] += 1
@@ -373,6 +391,18 @@ class RedisStore:
             self._epoch_candidate(),
             self._publish_cmd,
         )
+        if reply[0] == 3:  # that chat id exists: the id counter was lost; take new ones
+            self._ids = []
+            return await self.append(
+                room_id,
+                user_id,
+                name,
+                text,
+                client_msg_id,
+                cooldown_ms=cooldown_ms,
+                check_mute=check_mute,
+                room=room,
+            )
         if reply[0] == 1:
             seconds = cooldown_ms / 1000
             raise ClientError(
@@ -678,6 +708,7 @@ class RedisBroker:
         cluster = self.store.target.cluster
         idle = 0.0
         quiet_since = time.monotonic()
+        ping_sent: float | None = None
         while True:
             if cluster:
                 # redis-py reads one shard connection after another; a blocking wait
@@ -692,9 +723,13 @@ class RedisBroker:
             else:
                 msg = await pubsub.get_message(ignore_subscribe_messages=False, timeout=1.0)
             if msg is None:
-                if time.monotonic() - quiet_since > 5.0:  # a dead link shows on a ping
-                    quiet_since = time.monotonic()
-                    if not cluster:
+                now = time.monotonic()
+                if ping_sent is not None and now - ping_sent > PONG_TIMEOUT:
+                    raise ConnectionError("redis did not answer a ping")
+                if now - quiet_since > 5.0 and not cluster:  # a dead link shows on a ping
+                    quiet_since = now
+                    if ping_sent is None:
+                        ping_sent = now
                         await pubsub.ping()
                 continue
             idle = 0.0
@@ -707,7 +742,16 @@ class RedisBroker:
                 room_id = self._rooms.get(channel)
                 if room_id is not None:
                     self.received += 1
-                    self._on_message(room_id, msg["data"])
+                    try:
+                        self._on_message(room_id, msg["data"])
+                    except Exception:  # one bad publication must not drop the link
+                        log.exception("redis broker: a publication on %s failed", channel)
+            elif kind == "pong":
+                ping_sent = None
+            elif kind in ("unsubscribe", "sunsubscribe") and channel in self._rooms:
+                # Not asked for (Redis Cluster moved the slot, or a failover): treat
+                # it as a lost link, so the room is resubscribed and its gap filled.
+                raise ConnectionError(f"redis dropped the subscription to {channel}")
             elif kind in ("subscribe", "ssubscribe"):
                 futures = self._confirm.get(channel)
                 if futures:

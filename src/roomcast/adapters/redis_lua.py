@@ -38,6 +38,7 @@ end
 # ARGV: room, user, name, text, client_id, now_ms, chat_id, cooldown_ms, check_mute,
 #       history_max, max_age_ms, epoch_candidate, publish command
 # -> {0, packed, duplicate, upvotes, answered} | {1, cooldown left ms} | {2, muted until}
+#    | {3}: the chat id is taken (the id counter was lost with Redis's data)
 APPEND = (
     _EVICT
     + """
@@ -64,8 +65,9 @@ if cooldown > 0 then
   local left = redis.call('PTTL', p..'cd:'..user)
   if left > 0 then return {1, left} end
 end
-local offset = redis.call('INCR', p..'seq')
 local id = ARGV[7]
+if redis.call('HEXISTS', p..'m', id) == 1 then return {3} end
+local offset = redis.call('INCR', p..'seq')
 local packed = cmsgpack.pack({id, offset, user, name, text, now, cid})
 redis.call('HSET', p..'m', id, packed)
 redis.call('ZADD', p..'log', offset, id)
@@ -246,4 +248,14 @@ end
 redis.call('DEL', p..'pk:'..node)
 redis.call('SREM', p..'nodes', node)
 return {redis.call('HLEN', p..'pc'), gone}
+"""
+
+# KEYS[1]: the chat id counter. ARGV: block size, floor.
+# A counter that does not exist (new, or lost with Redis's data) starts at the floor,
+# the time in ms x 1,000: ids handed out after a loss stay above every earlier id (as
+# long as fewer than 1,000 were handed out per ms on average), and below 2**53 until
+# the year 2255.
+RESERVE_IDS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SET', KEYS[1], ARGV[2]) end
+return redis.call('INCRBY', KEYS[1], ARGV[1])
 """

@@ -87,7 +87,7 @@ class Feed:
         self.last = 0  # highest offset delivered to the room's members
         self.epoch = ""
         self.held: list[bytes] | None = []  # events held while not live (None = live)
-        self.ring: deque[tuple[int, bytes]] = deque(maxlen=RING)
+        self.ring: deque[tuple[int, str, bytes]] = deque(maxlen=RING)
         self.ring_base = 0  # the ring holds every delivered message after this offset
         self.waiting: dict[Member, int] = {}  # joiners whose history is ahead of `last`
         self.joining = 0
@@ -114,6 +114,7 @@ class SharedNode(Node):
         self._counts: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._background: list[asyncio.Task[None]] = []
+        self._absent: set[str] = set()  # nodes found gone at the last sweep
         self.gaps_filled = 0
         self.resets = 0
 
@@ -121,6 +122,7 @@ class SharedNode(Node):
 
     async def start(self) -> None:
         await self.broker.open()
+        self._background.append(asyncio.create_task(self._heartbeat(), name="heartbeat"))
         self._background.append(asyncio.create_task(self._housekeeping(), name="janitor"))
 
     async def stop(self) -> None:
@@ -162,7 +164,7 @@ class SharedNode(Node):
         except BaseException as exc:
             if self._feeds.get(room_id) is feed:
                 del self._feeds[room_id]
-            self._spawn(self.broker.unsubscribe(room_id))
+            self._spawn(self._unsubscribe(room_id))
             feed.ready.set_exception(exc if isinstance(exc, Exception) else StoreError("cancelled"))
             feed.ready.exception()  # retrieved: joiners waiting on it re-raise it
             raise
@@ -181,7 +183,13 @@ class SharedNode(Node):
             self._counts.pop(room_id, None)
             self._forget(room_id)
             feed.closing = True
-            self._spawn(self.broker.unsubscribe(room_id))
+            self._spawn(self._unsubscribe(room_id))
+
+    async def _unsubscribe(self, room_id: str) -> None:
+        """Unsubscribe, unless a join took the room up again before this ran (its
+        SUBSCRIBE must not be undone)."""
+        if room_id not in self._feeds:
+            await self.broker.unsubscribe(room_id)
 
     def _on_publication(self, room_id: str, data: bytes) -> None:
         feed = self._feeds.get(room_id)
@@ -200,7 +208,12 @@ class SharedNode(Node):
         if tag == CHAT:
             message = unpack_message(data[1:])
             if message.offset <= feed.last:
-                return  # delivered already (from the history, after a gap)
+                if _reused(feed, message.offset, message.chat_id):
+                    # Same offset, another message: the room's history was lost and
+                    # started again (no reconnect seen, e.g. keys evicted or flushed).
+                    feed.held = [data]
+                    self._spawn(self._fill(room_id, feed, full=True))
+                return  # otherwise delivered already (from the history, after a gap)
             if message.offset != feed.last + 1:
                 feed.held = [data]
                 self._spawn(self._fill(room_id, feed, full=False))
@@ -226,6 +239,8 @@ class SharedNode(Node):
             self.hub.publish(room_id, encode_event("USER_MUTED", muted))
 
     def _deliver(self, room_id: str, feed: Feed, message: StoredMessage) -> None:
+        if feed.waiting:  # joiners whose history ends before this message get it
+            self._admit(room_id, feed)
         info = self._rooms.get(room_id)
         if info is None:
             info = RoomInfo(room_id, room_id)
@@ -233,17 +248,33 @@ class SharedNode(Node):
         self.hub.publish(room_id, payload)
         if len(feed.ring) == RING:
             feed.ring_base = feed.ring[0][0]
-        feed.ring.append((message.offset, payload))
+        feed.ring.append((message.offset, message.chat_id, payload))
         feed.last = message.offset
-        if feed.waiting:
+        if feed.waiting:  # and those whose history ends with it come in after it
             self._admit(room_id, feed)
 
     def _admit(self, room_id: str, feed: Feed) -> None:
-        """Let joiners in whose history the feed has caught up with."""
+        """Let in the joiners whose history the feed has caught up with, each with the
+        messages delivered after its history ended."""
         for member, target in list(feed.waiting.items()):
             if target <= feed.last:
                 del feed.waiting[member]
-                self._enter(room_id, member)
+                self._catch_up(room_id, feed, member, target)
+
+    def _catch_up(self, room_id: str, feed: Feed, member: Member, seen: int) -> None:
+        """Enter the room after a history read up to offset `seen`: what was delivered
+        since comes from the ring, or, if the ring does not reach back that far, from a
+        fresh history read."""
+        if member.closed or room_id not in member.rooms:
+            return
+        if seen < feed.ring_base:
+            self._enter(room_id, member)
+            self._spawn(self._refresh(member, room_id))
+            return
+        for offset, _, payload in feed.ring:
+            if offset > seen:
+                member.outbox.send(text_frame(payload))
+        self._enter(room_id, member)
 
     def _enter(self, room_id: str, member: Member) -> None:
         if member.closed or room_id not in member.rooms:
@@ -270,16 +301,21 @@ class SharedNode(Node):
             if feed.closing:
                 return
             try:
-                after = max(feed.last - window, 0) if full else feed.last
+                after: int | None = max(feed.last - window, 0) if full else feed.last
                 page = await self.store.history(
                     room_id,
                     self.settings.resume_max + (window if full else 0),
                     after=after,
                     newest_if_incomplete=True,
                 )
+                if page.epoch != feed.epoch:  # a new history: its newest messages
+                    after = None
+                    page = await self.store.history(room_id, window)
+                if full:  # settings and mutes may have changed while we were away
+                    await self._reload(room_id)
                 break
-            except StoreError as exc:
-                log.warning("room %s: cannot fill a gap yet (%s)", room_id, exc)
+            except Exception as exc:  # keep trying: a room must not stay frozen
+                log.warning("room %s: cannot fill a gap yet (%r)", room_id, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         if _closing(feed):
@@ -288,8 +324,14 @@ class SharedNode(Node):
         if full or not same or not page.complete:
             recovered = same and page.complete
             info = self._rooms.get(room_id) or RoomInfo(room_id, room_id)
-            history = self.history_out(room_id, page, info, after if same else None, recovered)
-            self.hub.publish(room_id, encode_event("ROOM_HISTORY", history))
+            history = self.history_out(room_id, page, info, after, recovered)
+            payload = encode_event("ROOM_HISTORY", history)
+            self.hub.publish(room_id, payload)
+            for member in list(feed.waiting):  # joiners in line get it too, then come in
+                del feed.waiting[member]
+                if not member.closed and room_id in member.rooms:
+                    member.outbox.send(text_frame(payload))
+                    self._enter(room_id, member)
             if not recovered:
                 self.resets += 1
             feed.ring.clear()
@@ -301,9 +343,8 @@ class SharedNode(Node):
                     self._deliver(room_id, feed, message)
             feed.last = max(feed.last, page.last_offset)
             self.gaps_filled += 1
-        for member in list(feed.waiting):  # their own history is what they have
-            del feed.waiting[member]
-            self._enter(room_id, member)
+        if feed.waiting:
+            self._admit(room_id, feed)
         if feed.held is None:
             feed.held = []
         if feed.refill:
@@ -311,6 +352,14 @@ class SharedNode(Node):
             self._spawn(self._fill(room_id, feed, full=True))
             return
         self._go_live(room_id, feed)
+
+    async def _reload(self, room_id: str) -> None:
+        info = await self.store.get_room(room_id)
+        mutes = await self.store.mutes(room_id)
+        if room_id in self._feeds:
+            if info is not None:
+                self._rooms[room_id] = info
+            self._mutes[room_id] = mutes
 
     def _on_reset(self) -> None:
         """The broker reconnected: every hosted room may have missed events."""
@@ -362,9 +411,15 @@ class SharedNode(Node):
         first, count = False, self.member_count(room_id)
         users: list[tuple[str, str]] = []
         if not again:
-            first, count, users = await self.shared.presence_join(
-                room_id, user_id, name, self.settings.presence_list_max
-            )
+            try:
+                first, count, users = await self.shared.presence_join(
+                    room_id, user_id, name, self.settings.presence_list_max
+                )
+            except BaseException:
+                # It may have counted the user before the reply was lost; the leave
+                # script ignores a user this node did not count in.
+                self._spawn(self._presence_leave(room_id, user_id))
+                raise
             self._counts[room_id] = count
         try:
             window = self.settings.history_size
@@ -378,6 +433,12 @@ class SharedNode(Node):
                 after=after,
                 newest_if_incomplete=True,
             )
+            if resumable and epoch is not None and page.epoch != epoch:
+                # The history changed under the feed's feet: no resume, the newest.
+                resumable, after = False, None
+                page = await self.store.history(
+                    room_id, window, voter=user_id, alerts=member.is_admin
+                )
         except BaseException:
             if not again:
                 self._spawn(self._presence_leave(room_id, user_id))
@@ -388,11 +449,13 @@ class SharedNode(Node):
             return
         # No await from here on (as in Node.join).
         member.user_id = user_id
-        if room_id in self._rooms:
+        if room_id in self._rooms:  # updated meanwhile (ROOM on the channel): newer
             info = self._rooms[room_id]
         else:
             self._rooms[room_id] = info
-            self._mutes[room_id] = mutes
+        cached = self._mutes.setdefault(room_id, {})
+        for muted, until in mutes.items():  # what we read, merged with what arrived
+            cached[muted] = max(cached.get(muted, 0), until)
         if not again:
             self.presence.add(room_id, user_id, name)
         member.rooms[room_id] = name
@@ -408,10 +471,7 @@ class SharedNode(Node):
             if page.last_offset > feed.last or feed.held is not None:
                 feed.waiting[member] = page.last_offset
             else:
-                for offset, payload in feed.ring:
-                    if offset > page.last_offset:
-                        box.send(text_frame(payload))
-                self._enter(room_id, member)
+                self._catch_up(room_id, feed, member, page.last_offset)
         if not users:
             users = self.presence.users(room_id, self.settings.presence_list_max)
         out = [UserOut(u, n) for u, n in users]
@@ -421,10 +481,6 @@ class SharedNode(Node):
             self._spawn(self._publish(room_id, PRESENCE + b"%d\n" % count + event))
         for alert in page.alerts:
             box.send(text_frame(self._alert(alert)))
-        if page.last_offset < feed.ring_base and not again:
-            # Read further behind than the ring reaches: give this member a fresh
-            # window once more instead of a gap.
-            self._spawn(self._refresh(member, room_id))
 
     async def _refresh(self, member: Member, room_id: str) -> None:
         with contextlib.suppress(Exception):
@@ -529,20 +585,32 @@ class SharedNode(Node):
 
     # ------------------------------------------------------------ dead nodes
 
-    async def _housekeeping(self) -> None:
-        """Say this node is alive; count out the users of nodes that are not."""
+    async def _heartbeat(self) -> None:
+        """Say this node is alive, on its own schedule (a slow sweep must not delay it)."""
         beat = self.settings.node_heartbeat
-        next_sweep = 0.0
         while True:
             try:
                 await self.shared.heartbeat(3 * beat)
-                self._unstick()
+            except StoreError as exc:
+                log.debug("heartbeat: %s", exc)
+            await asyncio.sleep(beat)
+
+    async def _housekeeping(self) -> None:
+        """Unstick waiting joiners; count out the users of nodes that are gone."""
+        beat = self.settings.node_heartbeat
+        next_sweep = time.monotonic() + 3 * beat  # give peers time to beat after a start
+        while True:
+            self._unstick()
+            try:
                 if time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + 2 * beat
+                    absent: set[str] = set()
                     for room_id in list(self._feeds):
-                        await self._sweep(room_id)
+                        absent |= await self._sweep(room_id)
+                    self._absent = absent
             except StoreError as exc:
                 log.debug("housekeeping: %s", exc)
+                self._absent = set()  # Redis was away: peers may have missed beats too
             await asyncio.sleep(beat)
 
     def _unstick(self) -> None:
@@ -555,15 +623,21 @@ class SharedNode(Node):
                 feed.held = []
                 self._spawn(self._fill(room_id, feed, full=False))
 
-    async def _sweep(self, room_id: str) -> None:
+    async def _sweep(self, room_id: str) -> set[str]:
+        """Purge nodes found absent on two sweeps in a row; return the absent ones."""
+        absent = set()
         for node_id in await self.shared.presence_nodes(room_id):
             if node_id == self.shared.node_id or await self.shared.node_alive(node_id):
                 continue
+            absent.add(node_id)
+            if node_id not in self._absent:
+                continue  # once could be a hiccup (Redis back after an outage)
             count, gone = await self.shared.presence_purge(room_id, node_id)
             log.info("room %s: node %s is gone; %d users counted out", room_id, node_id, len(gone))
             for user_id in gone:
                 event = encode_event("USER_LEFT", UserLeftOut(room_id, user_id, count))
                 await self._publish(room_id, PRESENCE + b"%d\n" % count + event)
+        return absent
 
 
 def _holding(feed: Feed) -> bool:
@@ -573,3 +647,13 @@ def _holding(feed: Feed) -> bool:
 
 def _closing(feed: Feed) -> bool:
     return feed.closing
+
+
+def _reused(feed: Feed, offset: int, chat_id: str) -> bool:
+    """Whether the ring holds another message at `offset` (a lost history restarted)."""
+    if offset <= feed.ring_base or not feed.ring:
+        return False
+    index = offset - feed.ring[0][0]
+    if 0 <= index < len(feed.ring) and feed.ring[index][0] == offset:
+        return feed.ring[index][1] != chat_id
+    return any(o == offset and c != chat_id for o, c, _ in feed.ring)
