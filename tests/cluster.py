@@ -53,6 +53,18 @@ def _wait_port(port: int, seconds: float) -> None:
     raise TimeoutError(f"nothing listens on {port}")
 
 
+def stop_process(proc: subprocess.Popen[bytes] | None, sig: int) -> None:
+    """Signal a process we started (by its pid), wait for it, kill it if it lingers."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout(15))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class RedisServer:
     """One private redis-server; `restart` keeps its port (and, with AOF, its data)."""
 
@@ -92,15 +104,7 @@ class RedisServer:
         return self
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout(10))
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, sig)
         self.proc = None
 
     def restart(self) -> None:
@@ -182,13 +186,7 @@ class NodeProcess:
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout(15))
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, sig)
         self.proc = None
         self.log.close()
 

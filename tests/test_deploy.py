@@ -31,18 +31,7 @@ async def test_nginx_config_proxies_websockets(tmp_path: Path) -> None:
         pytest.skip("no nginx (apt-get install nginx)")
     listen = free_port()
     async with running_server(trusted_proxies=("127.0.0.1",), max_connections_per_ip=1) as srv:
-        site = (ROOT / "deploy" / "nginx" / "roomcast.conf").read_text()
-        site = site.replace("127.0.0.1:8080", f"127.0.0.1:{srv.port}").replace(
-            "listen 80;", f"listen 127.0.0.1:{listen};"
-        )
-        (tmp_path / "site.conf").write_text(site)
-        (tmp_path / "logs").mkdir()
-        (tmp_path / "nginx.conf").write_text(
-            f"error_log {tmp_path}/logs/error.log;\npid {tmp_path}/nginx.pid;\n"
-            "events { worker_connections 256; }\n"
-            f"http {{ access_log off; client_body_temp_path {tmp_path}/body; "
-            f"proxy_temp_path {tmp_path}/proxy; include {tmp_path}/site.conf; }}\n"
-        )
+        _nginx_site(tmp_path, "roomcast.conf", {8080: srv.port}, listen)
         proc = await asyncio.create_subprocess_exec(
             NGINX,
             "-p",
@@ -107,10 +96,11 @@ async def test_online_backup_of_the_sqlite_store(tmp_path: Path) -> None:
     await copy.close()
 
 
-def _nginx_site(tmp_path: Path, name: str, ports: list[int], listen: int) -> Path:
-    """The shipped config `name`, pointed at `ports` and listening on `listen`."""
+def _nginx_site(tmp_path: Path, name: str, ports: dict[int, int], listen: int) -> Path:
+    """The shipped config `name`, its upstream ports mapped by `ports` (shipped -> ours),
+    listening on `listen`."""
     site = (ROOT / "deploy" / "nginx" / name).read_text()
-    for default, port in zip((8081, 8082, 8083), ports, strict=True):
+    for default, port in ports.items():
         site = site.replace(f"127.0.0.1:{default}", f"127.0.0.1:{port}")
     site = site.replace("listen 80;", f"listen 127.0.0.1:{listen};")
     (tmp_path / "site.conf").write_text(site)
@@ -145,7 +135,7 @@ async def test_nginx_in_front_of_three_nodes_sharing_rooms(tmp_path: Path, redis
         node.start()
     listen = free_port()
     proc = await _run_nginx(
-        _nginx_site(tmp_path, "roomcast-pubsub.conf", [n.port for n in nodes], listen)
+        _nginx_site(tmp_path, "roomcast-pubsub.conf", _upstreams(nodes), listen)
     )
     try:
         url = f"ws://127.0.0.1:{listen}/ws?room=lecture"
@@ -185,7 +175,7 @@ async def test_nginx_room_affinity_over_three_independent_nodes(tmp_path: Path) 
         node.start()
     listen = free_port()
     proc = await _run_nginx(
-        _nginx_site(tmp_path, "roomcast-affinity.conf", [n.port for n in nodes], listen)
+        _nginx_site(tmp_path, "roomcast-affinity.conf", _upstreams(nodes), listen)
     )
     try:
         rooms = [f"room{i}" for i in range(12)]
@@ -206,6 +196,11 @@ async def test_nginx_room_affinity_over_three_independent_nodes(tmp_path: Path) 
         await proc.wait()
         for node in nodes:
             node.stop()
+
+
+def _upstreams(nodes: list[NodeProcess]) -> dict[int, int]:
+    """The shipped configs' upstream ports (8081-8083) -> our nodes' ports."""
+    return dict(zip((8081, 8082, 8083), (n.port for n in nodes), strict=True))
 
 
 def _metric(node: NodeProcess, name: str) -> float:
