@@ -251,7 +251,7 @@ async def test_presence_counts_users_across_nodes(nodes: list[NodeProcess]) -> N
 
 async def test_a_killed_nodes_users_are_counted_out(redis_url: str) -> None:
     """SIGKILL leaves no goodbye: the other nodes count its users out after its
-    heartbeat stops (three beats)."""
+    heartbeat key expires and two sweeps find it gone."""
     key_prefix = prefix()
     a = NodeProcess(redis_url, key_prefix).start()
     b = NodeProcess(redis_url, key_prefix).start()

@@ -39,8 +39,8 @@ class Settings:
     node_heartbeat: float = field(
         default=5.0,
         metadata={
-            "help": "seconds between a node's is-alive writes to Redis; after 3 missed, other "
-            "nodes count its users out of presence"
+            "help": "seconds between a node's is-alive writes to Redis; after 3 missed (and "
+            "two sweeps), other nodes count its users out of presence"
         },
     )
     redis_connections: int = field(
