@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from roomcast.bench.scenarios import cpu_ticks, free_port, listener_pids
+from roomcast.bench.scenarios import bare_server, cpu_ticks, listener_pids
 
 SCRIPT = Path(__file__).resolve().parent / "node" / "fanout.mjs"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -72,19 +72,9 @@ def measure(
 
 
 def baseline(args: argparse.Namespace, rate: float, cpus: set[int]) -> dict[str, Any]:
-    port = free_port()
-    cmd = [sys.executable, "-m", "roomcast.bench.servers", "--lib", args.baseline, "--uvloop"]
-    server = subprocess.Popen([*cmd, "--port", str(port)], stdout=subprocess.PIPE, text=True)
-    try:
-        os.sched_setaffinity(server.pid, cpus)
-        assert server.stdout is not None
-        if not server.stdout.readline().startswith("READY"):
-            raise RuntimeError("the bare server did not start")
+    with bare_server(args.baseline, cpus) as (port, pid):
         time.sleep(0.2)
-        return measure(port, [server.pid], args, rate, bare=True)
-    finally:
-        server.terminate()
-        server.wait(10)
+        return measure(port, [pid], args, rate, bare=True)
 
 
 def main() -> None:

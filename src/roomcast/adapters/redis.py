@@ -65,12 +65,17 @@ class _Packed(msgspec.Struct, array_like=True, frozen=True):
 _decode_packed = msgspec.msgpack.Decoder(_Packed).decode
 
 
-def unpack_message(packed: bytes, upvotes: int = 0, answered: bool = False) -> StoredMessage:
+def unpack_message(
+    packed: bytes, room_id: str, upvotes: int = 0, answered: bool = False
+) -> StoredMessage:
     """A packed message (as stored and published by the scripts) as a StoredMessage."""
-    p = _decode_packed(packed)
+    return _stored(_decode_packed(packed), room_id, upvotes, answered)
+
+
+def _stored(p: _Packed, room_id: str, upvotes: int, answered: bool) -> StoredMessage:
     return StoredMessage(
         p.chat_id,
-        "",  # filled in by the caller, who knows the room
+        room_id,
         p.offset,
         p.user_id,
         p.name,
@@ -413,12 +418,11 @@ class RedisStore:
         if reply[0] == 2:
             info = room or RoomInfo(room_id, room_id)
             check_muted(info, now_ms=now, muted_until_ms=int(reply[1]))
-        message = unpack_message(reply[1], int(reply[3]), bool(reply[4]))
-        return Appended(msgspec.structs.replace(message, room_id=room_id), bool(reply[2]))
+        message = unpack_message(reply[1], room_id, int(reply[3]), bool(reply[4]))
+        return Appended(message, bool(reply[2]))
 
     def _message(self, room_id: str, reply: list[Any]) -> StoredMessage:
-        m = unpack_message(reply[1], int(reply[2]), bool(reply[3]))
-        return msgspec.structs.replace(m, room_id=room_id)
+        return unpack_message(reply[1], room_id, int(reply[2]), bool(reply[3]))
 
     async def vote(self, room_id: str, chat_id: str, user_id: str) -> StoredMessage | None:
         return await self._vote(room_id, chat_id, user_id, "1")
@@ -473,25 +477,11 @@ class RedisStore:
         )
         reply = _decode_history(raw)
 
-        def message(p: _Packed, up: int, answered: int) -> StoredMessage:
-            return StoredMessage(
-                p.chat_id,
-                room_id,
-                p.offset,
-                p.user_id,
-                p.name,
-                p.text,
-                up,
-                p.created_at,
-                bool(answered),
-                p.client_msg_id or None,
-            )
-
         return HistoryPage(
-            [message(*m) for m in reply.messages],
+            [_stored(p, room_id, up, bool(answered)) for p, up, answered in reply.messages],
             reply.last_offset,
             reply.voted,
-            [message(p, up, 0) for p, up in reply.alerts],
+            [_stored(p, room_id, up, False) for p, up in reply.alerts],
             reply.complete,
             reply.epoch,
         )

@@ -85,19 +85,9 @@ def _generate(
 
 
 def _baseline(args: argparse.Namespace, rate: float, cpus: set[int]) -> dict[str, Any]:
-    """Start a bare server on `cpus`, measure it like roomcast, stop it (by its pid)."""
-    port = scenarios.free_port()
-    cmd = [sys.executable, "-m", "roomcast.bench.servers", "--lib", args.baseline, "--uvloop"]
-    server = subprocess.Popen([*cmd, "--port", str(port)], stdout=subprocess.PIPE, text=True)
-    try:
-        os.sched_setaffinity(server.pid, cpus)
-        assert server.stdout is not None
-        if not server.stdout.readline().startswith("READY"):
-            raise RuntimeError(f"the bare {args.baseline} server did not start")
-        return _generate(args, rate, [port], [server.pid], roomcast=False)
-    finally:
-        server.terminate()
-        server.wait(10)
+    """Measure a bare server on `cpus` like roomcast."""
+    with scenarios.bare_server(args.baseline, cpus) as (port, pid):
+        return _generate(args, rate, [port], [pid], roomcast=False)
 
 
 def _fanout(args: argparse.Namespace, ports: list[int], pids: list[int]) -> list[dict[str, Any]]:

@@ -12,12 +12,14 @@ and `invalid` reasons: a generator above 85 % of a core measures itself, not the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import resource
 import socket
+import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -48,6 +50,24 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+@contextlib.contextmanager
+def bare_server(lib: str, cpus: set[int]) -> Iterator[tuple[int, int]]:
+    """A bare broadcast server (`roomcast.bench.servers`) on `cpus`, as (port, pid),
+    stopped by its pid afterwards."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "roomcast.bench.servers", "--lib", lib, "--uvloop"]
+    server = subprocess.Popen([*cmd, "--port", str(port)], stdout=subprocess.PIPE, text=True)
+    try:
+        os.sched_setaffinity(server.pid, cpus)
+        assert server.stdout is not None
+        if not server.stdout.readline().startswith("READY"):
+            raise RuntimeError(f"the bare {lib} server did not start")
+        yield port, server.pid
+    finally:
+        server.terminate()
+        server.wait(10)
 
 
 def listener_pids(port: int) -> list[int]:

@@ -242,16 +242,8 @@ class Node:
         whether that replay is complete (`recovered`).
         """
         info, mutes = await self._load(room_id, create=True)
-        window = self.settings.history_size
-        resumable = since is not None and (epoch is None or epoch == self.store.epoch)
-        after = max((since or 0) - window, 0) if resumable else None
-        page = await self.store.history(
-            room_id,
-            window + self.settings.resume_max if resumable else window,
-            voter=user_id,
-            alerts=member.is_admin,
-            after=after,
-            newest_if_incomplete=True,
+        page, after, recovered = await self._join_history(
+            room_id, user_id, member.is_admin, since, epoch, self.store.epoch
         )
         # No await from here on: the history read and entering the hub are one step, so
         # the joiner neither misses nor doubles a message appended meanwhile.
@@ -271,9 +263,6 @@ class Node:
             if member.is_admin:
                 self.admins.join(room_id, box)
         member.rooms[room_id] = name
-        recovered = None
-        if since is not None:
-            recovered = resumable and page.complete and since <= page.last_offset
         history = self.history_out(room_id, page, info, after, recovered)
         box.send(text_frame(encode_event("ROOM_HISTORY", history)))
         users = [
@@ -286,6 +275,39 @@ class Node:
             self.hub.publish(room_id, encode_event("USER_JOINED", event))
         for alert in page.alerts:
             box.send(text_frame(self._alert(alert)))
+
+    async def _join_history(
+        self,
+        room_id: str,
+        user_id: str,
+        is_admin: bool,
+        since: int | None,
+        epoch: str | None,
+        known_epoch: str,
+    ) -> tuple[HistoryPage, int | None, bool | None]:
+        """A joiner's history: (page, the `after` it was read with, `recovered`).
+
+        With `since` from `known_epoch`, every message after it plus the usual window
+        before it; otherwise (or when the page shows another epoch) the newest window.
+        """
+        window = self.settings.history_size
+        resumable = since is not None and (epoch is None or epoch == known_epoch)
+        after = max((since or 0) - window, 0) if resumable else None
+        page = await self.store.history(
+            room_id,
+            window + self.settings.resume_max if resumable else window,
+            voter=user_id,
+            alerts=is_admin,
+            after=after,
+            newest_if_incomplete=True,
+        )
+        if resumable and epoch is not None and page.epoch and page.epoch != epoch:
+            # The history changed under the caller's feet: no resume, the newest.
+            resumable, after = False, None
+            page = await self.store.history(room_id, window, voter=user_id, alerts=is_admin)
+        if since is None:
+            return page, after, None
+        return page, after, resumable and page.complete and since <= page.last_offset
 
     def history_out(
         self,

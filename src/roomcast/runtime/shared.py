@@ -206,7 +206,7 @@ class SharedNode(Node):
     def _dispatch(self, room_id: str, feed: Feed, data: bytes) -> None:
         tag = data[:1]
         if tag == CHAT:
-            message = unpack_message(data[1:])
+            message = unpack_message(data[1:], room_id)
             if message.offset <= feed.last:
                 if _reused(feed, message.offset, message.chat_id):
                     # Same offset, another message: the room's history was lost and
@@ -218,7 +218,7 @@ class SharedNode(Node):
                 feed.held = [data]
                 self._spawn(self._fill(room_id, feed, full=False))
                 return
-            self._deliver(room_id, feed, msgspec.structs.replace(message, room_id=room_id))
+            self._deliver(room_id, feed, message)
         elif tag == EVENT:
             self.hub.publish(room_id, data[1:])
         elif tag == PRESENCE:
@@ -422,23 +422,9 @@ class SharedNode(Node):
                 raise
             self._counts[room_id] = count
         try:
-            window = self.settings.history_size
-            resumable = since is not None and (epoch is None or epoch == feed.epoch)
-            after = max((since or 0) - window, 0) if resumable else None
-            page = await self.store.history(
-                room_id,
-                window + self.settings.resume_max if resumable else window,
-                voter=user_id,
-                alerts=member.is_admin,
-                after=after,
-                newest_if_incomplete=True,
+            page, after, recovered = await self._join_history(
+                room_id, user_id, member.is_admin, since, epoch, feed.epoch
             )
-            if resumable and epoch is not None and page.epoch != epoch:
-                # The history changed under the feed's feet: no resume, the newest.
-                resumable, after = False, None
-                page = await self.store.history(
-                    room_id, window, voter=user_id, alerts=member.is_admin
-                )
         except BaseException:
             if not again:
                 self._spawn(self._presence_leave(room_id, user_id))
@@ -459,9 +445,6 @@ class SharedNode(Node):
         if not again:
             self.presence.add(room_id, user_id, name)
         member.rooms[room_id] = name
-        recovered = None
-        if since is not None:
-            recovered = resumable and page.complete and since <= page.last_offset
         history = self.history_out(room_id, page, info, after, recovered)
         box = member.outbox
         box.send(text_frame(encode_event("ROOM_HISTORY", history)))
