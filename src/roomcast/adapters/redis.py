@@ -49,6 +49,7 @@ log = logging.getLogger("roomcast.redis")
 CHAT_ID_BLOCK = 1_000  # chat ids a node reserves from the shared counter at once
 BATCH_MAX = 512  # operations per pipeline round trip
 PONG_TIMEOUT = 5.0  # seconds the pub/sub link may leave a ping unanswered
+STOP_TIMEOUT = 5.0  # seconds close() waits for a background task to end
 OP_TIMEOUT = 15.0  # seconds a store operation may wait, queue included, before failing
 
 
@@ -143,6 +144,16 @@ def connect(target: RedisURL, *, max_connections: int = 32, **options: Any) -> A
     return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
 
 
+async def stop_task(task: asyncio.Task[None]) -> None:
+    """Cancel a background task and wait (boundedly) for it to end. Its loop must also
+    check a stop flag: on Python 3.11 a cancellation that lands as a read timeout
+    expires comes out as TimeoutError, which the loop would otherwise retry forever."""
+    task.cancel()
+    await asyncio.wait({task}, timeout=STOP_TIMEOUT)
+    if task.done() and not task.cancelled() and task.exception() is not None:
+        log.debug("redis: background task ended with %r", task.exception())
+
+
 class _Op:
     __slots__ = ("args", "future", "script")
 
@@ -179,6 +190,7 @@ class RedisStore:
         self._redis: Any = None
         self._queue: list[_Op] = []
         self._inflight: list[_Op] = []
+        self._stopping = False
         self._wakeup = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
         self._shas: dict[str, str] = {}
@@ -216,10 +228,9 @@ class RedisStore:
         self._flusher = asyncio.create_task(self._flush_forever(), name="redis-store-flusher")
 
     async def close(self) -> None:
+        self._stopping = True
         if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+            await stop_task(self._flusher)
             self._flusher = None
         for op in [*self._inflight, *self._queue]:
             if not op.future.done():
@@ -273,7 +284,7 @@ class RedisStore:
             raise StoreError(f"redis: no answer in {OP_TIMEOUT:g} s") from None
 
     async def _flush_forever(self) -> None:
-        while True:
+        while not self._stopping:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._queue:
@@ -599,6 +610,7 @@ class RedisBroker:
         self._client: Any = None
         self._task: asyncio.Task[None] | None = None
         self.connected = False
+        self._stopping = False
         self.reconnects = 0
         self.received = 0
         self._kind = "s" if store.target.cluster else ""
@@ -608,10 +620,9 @@ class RedisBroker:
         self._task = asyncio.create_task(self._run(), name="redis-broker")
 
     async def close(self) -> None:
+        self._stopping = True
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
             self._task = None
         await self._drop()
 
@@ -672,7 +683,7 @@ class RedisBroker:
     async def _run(self) -> None:
         delay = 0.1
         first = True
-        while True:
+        while not self._stopping:
             try:
                 await self._connect()
             except Exception as exc:  # keep trying, whatever the client library raised
@@ -699,7 +710,7 @@ class RedisBroker:
         idle = 0.0
         quiet_since = time.monotonic()
         ping_sent: float | None = None
-        while True:
+        while not self._stopping:
             if cluster:
                 # redis-py reads one shard connection after another; a blocking wait
                 # on one would delay the others, so poll them all, backing off to 10 ms.

@@ -114,6 +114,7 @@ class SharedNode(Node):
         self._counts: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._background: list[asyncio.Task[None]] = []
+        self._stopping = False
         self._absent: set[str] = set()  # nodes found gone at the last sweep
         self.gaps_filled = 0
         self.resets = 0
@@ -126,15 +127,18 @@ class SharedNode(Node):
         self._background.append(asyncio.create_task(self._housekeeping(), name="janitor"))
 
     async def stop(self) -> None:
+        self._stopping = True  # loops check it too (see redis.stop_task)
+        for feed in self._feeds.values():
+            feed.closing = True
         for task in self._background:
             task.cancel()
         if self._tasks:  # let the last presence updates (USER_LEFT) go out
             await asyncio.wait(list(self._tasks), timeout=2.0)
         for task in list(self._tasks):
             task.cancel()
-        for task in [*self._background, *self._tasks]:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        rest = [t for t in [*self._background, *self._tasks] if not t.done()]
+        if rest:
+            await asyncio.wait(rest, timeout=5.0)
         self._background.clear()
         await self.broker.close()
 
@@ -571,7 +575,7 @@ class SharedNode(Node):
     async def _heartbeat(self) -> None:
         """Say this node is alive, on its own schedule (a slow sweep must not delay it)."""
         beat = self.settings.node_heartbeat
-        while True:
+        while not self._stopping:
             try:
                 await self.shared.heartbeat(3 * beat)
             except StoreError as exc:
@@ -582,7 +586,7 @@ class SharedNode(Node):
         """Unstick waiting joiners; count out the users of nodes that are gone."""
         beat = self.settings.node_heartbeat
         next_sweep = time.monotonic() + 3 * beat  # give peers time to beat after a start
-        while True:
+        while not self._stopping:
             self._unstick()
             try:
                 if time.monotonic() >= next_sweep:
