@@ -12,6 +12,19 @@ from roomcast.testing import running_server
 from tests.helpers import Client
 
 
+@pytest.fixture(autouse=True)
+async def close_left_open() -> AsyncIterator[None]:
+    """Close the clients a test left open (it failed before its own close), so their
+    sockets are not reported as leaked by some later test."""
+    yield
+    loop = asyncio.get_running_loop()
+    left = [client for client, owner in Client.live.items() if owner is loop]
+    await asyncio.gather(*(client.close() for client in left), return_exceptions=True)
+    for client, owner in list(Client.live.items()):
+        if owner.is_closed():  # opened on a loop of its own (asyncio.run), gone now
+            Client.live.pop(client, None)
+
+
 @pytest.fixture
 async def server() -> AsyncIterator[RoomcastServer]:
     async with running_server() as srv:

@@ -6,7 +6,7 @@ import asyncio
 import json
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import websockets
 from websockets.asyncio.client import ClientConnection
@@ -29,9 +29,14 @@ class Client:
     `expect_silence` unless a test asks for one by type, or sets `skip` to empty.
     """
 
+    # Every client not closed yet, with its event loop: a test that fails half-way
+    # leaves its clients open, and the `close_left_open` fixture closes them.
+    live: ClassVar[dict[Client, asyncio.AbstractEventLoop]] = {}
+
     def __init__(self, ws: ClientConnection) -> None:
         self.ws = ws
         self.skip: frozenset[str] = PRESENCE_TYPES
+        Client.live[self] = asyncio.get_running_loop()
 
     @classmethod
     async def connect(cls, url: str, **kwargs: Any) -> Client:
@@ -94,6 +99,7 @@ class Client:
             return frames, None if closed.rcvd is None else closed.rcvd.code
 
     async def close(self) -> None:
+        Client.live.pop(self, None)
         await self.ws.close()
 
 

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 import redis
 
-from roomcast.adapters.redis import RedisStore
+from roomcast.adapters.redis import RedisBroker, RedisStore
 from roomcast.core.errors import ClientError
 from roomcast.runtime.shared import SharedNode
 from roomcast.testing import TEST_ADMIN_TOKEN, running_server
@@ -702,6 +702,34 @@ async def test_leave_and_join_again_at_once_keeps_the_subscription(
     assert (await collect_chats(client, 1))[0]["message"] == "still there?"
     await client.close()
     await other.close()
+
+
+async def test_an_unsubscribe_answered_after_a_new_subscribe_is_not_a_lost_link(
+    redis_url: str,
+) -> None:
+    """UNSUBSCRIBE then SUBSCRIBE the same channel before Redis answers the first: the
+    unsubscribe reply is the broker's own, not Redis dropping the subscription, so the
+    link stays up and the subscription holds."""
+    store = RedisStore(redis_url, prefix=prefix())
+    await store.open()
+    got: list[bytes] = []
+    resets: list[None] = []
+    broker = RedisBroker(store, lambda room, data: got.append(data), lambda: resets.append(None))
+    await broker.open()
+    try:
+        assert await wait_until(lambda: broker.connected)
+        await broker.subscribe("r")
+        for _ in range(5):
+            leave = asyncio.create_task(broker.unsubscribe("r"))
+            await asyncio.sleep(0)  # its UNSUBSCRIBE goes out first
+            await broker.subscribe("r")
+            await leave
+        await store.publish("r", b"after")
+        assert await wait_until(lambda: got == [b"after"])
+        assert (broker.reconnects, resets, broker.connected) == (0, [], True)
+    finally:
+        await broker.close()
+        await store.close()
 
 
 async def test_the_append_script_enforces_mutes_and_cooldowns(redis_url: str) -> None:

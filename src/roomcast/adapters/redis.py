@@ -606,6 +606,9 @@ class RedisBroker:
         self._backoff_max = backoff_max
         self._rooms: dict[str, str] = {}  # channel -> room id
         self._confirm: dict[str, list[asyncio.Future[None]]] = {}
+        # UNSUBSCRIBEs sent and not yet answered, per channel: their replies are ours,
+        # even when a join subscribed the channel again in between.
+        self._leaving: dict[str, int] = {}
         self._pubsub: Any = None
         self._client: Any = None
         self._task: asyncio.Task[None] | None = None
@@ -615,9 +618,17 @@ class RedisBroker:
         self.received = 0
         self._kind = "s" if store.target.cluster else ""
         self._lock = asyncio.Lock()
+        self._tried = asyncio.Event()
 
     async def open(self) -> None:
+        """Start the connection loop and wait for its first try (bounded), so a node
+        that can reach Redis serves its first joins connected."""
         self._task = asyncio.create_task(self._run(), name="redis-broker")
+        tried = asyncio.ensure_future(self._tried.wait())
+        try:
+            await asyncio.wait([self._task, tried], timeout=5.0, return_when="FIRST_COMPLETED")
+        finally:
+            tried.cancel()
 
     async def close(self) -> None:
         self._stopping = True
@@ -634,6 +645,7 @@ class RedisBroker:
                 if not f.done():
                     f.set_exception(StoreError("redis broker disconnected"))
         self._confirm.clear()
+        self._leaving.clear()
         with contextlib.suppress(RedisError, OSError, RuntimeError):
             if pubsub is not None:
                 await pubsub.aclose()
@@ -659,6 +671,7 @@ class RedisBroker:
         channel = self.store.channel(room_id)
         if self._rooms.pop(channel, None) is None or not self.connected:
             return
+        self._leaving[channel] = self._leaving.get(channel, 0) + 1
         with contextlib.suppress(RedisError, OSError):
             await self._command("unsubscribe", channel)
 
@@ -687,11 +700,13 @@ class RedisBroker:
             try:
                 await self._connect()
             except Exception as exc:  # keep trying, whatever the client library raised
+                self._tried.set()
                 await self._drop()
                 log.warning("redis broker: cannot connect (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._backoff_max)
                 continue
+            self._tried.set()
             delay = 0.1
             if not first:
                 self.reconnects += 1
@@ -749,6 +764,10 @@ class RedisBroker:
                         log.exception("redis broker: a publication on %s failed", channel)
             elif kind == "pong":
                 ping_sent = None
+            elif kind in ("unsubscribe", "sunsubscribe") and self._leaving.get(channel):
+                self._leaving[channel] -= 1
+                if not self._leaving[channel]:
+                    del self._leaving[channel]
             elif kind in ("unsubscribe", "sunsubscribe") and channel in self._rooms:
                 # Not asked for (Redis Cluster moved the slot, or a failover): treat
                 # it as a lost link, so the room is resubscribed and its gap filled.
