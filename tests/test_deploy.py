@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -114,15 +116,31 @@ def _nginx_site(tmp_path: Path, name: str, ports: dict[int, int], listen: int) -
     return tmp_path / "nginx.conf"
 
 
-async def _run_nginx(conf: Path) -> asyncio.subprocess.Process:
+@contextlib.asynccontextmanager
+async def _nginx_over(tmp_path: Path, name: str, nodes: list[NodeProcess]) -> AsyncIterator[int]:
+    """The nodes started, and the shipped nginx config `name` in front of them; yields
+    nginx's port. Everything started is stopped, whatever the test does."""
     if not HAVE_NGINX:
         if os.environ.get("CI"):
             pytest.fail("nginx is missing: CI must run this test")
         pytest.skip("no nginx (apt-get install nginx)")
-    return await asyncio.create_subprocess_exec(
-        NGINX, "-p", str(conf.parent), "-c", str(conf), "-g", "daemon off;",
-        stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
+    proc = None
+    try:
+        for node in nodes:
+            node.start()
+        listen = free_port()
+        conf = _nginx_site(tmp_path, name, _upstreams(nodes), listen)
+        proc = await asyncio.create_subprocess_exec(
+            NGINX, "-p", str(conf.parent), "-c", str(conf), "-g", "daemon off;",
+            stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        yield listen
+    finally:
+        if proc is not None:
+            proc.terminate()
+            await proc.wait()
+        for node in nodes:
+            node.stop()
 
 
 @needs_redis
@@ -131,13 +149,7 @@ async def test_nginx_in_front_of_three_nodes_sharing_rooms(tmp_path: Path, redis
     nodes joined by Redis; everyone sees everyone's messages, in one order."""
     key_prefix = prefix()
     nodes = [NodeProcess(redis_url, key_prefix, "--trusted-proxy", "127.0.0.1") for _ in range(3)]
-    for node in nodes:
-        node.start()
-    listen = free_port()
-    proc = await _run_nginx(
-        _nginx_site(tmp_path, "roomcast-pubsub.conf", _upstreams(nodes), listen)
-    )
-    try:
+    async with _nginx_over(tmp_path, "roomcast-pubsub.conf", nodes) as listen:
         url = f"ws://127.0.0.1:{listen}/ws?room=lecture"
         clients = [await _connect_when_up(url) for _ in range(6)]
         for i, client in enumerate(clients):
@@ -157,11 +169,6 @@ async def test_nginx_in_front_of_three_nodes_sharing_rooms(tmp_path: Path, redis
         assert sum(1 for n in served if n > 0) >= 2  # the room really spans nodes
         for client in clients:
             await client.close()
-    finally:
-        proc.terminate()
-        await proc.wait()
-        for node in nodes:
-            node.stop()
 
 
 async def test_nginx_room_affinity_over_three_independent_nodes(tmp_path: Path) -> None:
@@ -171,13 +178,7 @@ async def test_nginx_room_affinity_over_three_independent_nodes(tmp_path: Path) 
         NodeProcess("", "", "--store", "memory://", "--trusted-proxy", "127.0.0.1")
         for _ in range(3)
     ]
-    for node in nodes:
-        node.start()
-    listen = free_port()
-    proc = await _run_nginx(
-        _nginx_site(tmp_path, "roomcast-affinity.conf", _upstreams(nodes), listen)
-    )
-    try:
+    async with _nginx_over(tmp_path, "roomcast-affinity.conf", nodes) as listen:
         rooms = [f"room{i}" for i in range(12)]
         for room in rooms:
             url = f"ws://127.0.0.1:{listen}/ws?room={room}"
@@ -191,11 +192,6 @@ async def test_nginx_room_affinity_over_three_independent_nodes(tmp_path: Path) 
             await b.close()
         hosting = [_metric(node, "roomcast_messages_in_total") for node in nodes]
         assert sum(1 for n in hosting if n > 0) >= 2  # rooms spread over the nodes
-    finally:
-        proc.terminate()
-        await proc.wait()
-        for node in nodes:
-            node.stop()
 
 
 def _upstreams(nodes: list[NodeProcess]) -> dict[int, int]:
