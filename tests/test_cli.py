@@ -161,3 +161,22 @@ def test_sigterm_stops_cleanly(tmp_path: Path) -> None:
     ) as proc:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout(10)) == 0
+
+
+def test_serve_collects_garbage_less_often_unless_told_not_to() -> None:
+    """`roomcast serve` raises the collector's thresholds (gc_threshold); 0 keeps Python's."""
+    import gc
+
+    from roomcast.cli import tune_gc
+
+    before = gc.get_threshold()
+    try:
+        tune_gc(Settings().gc_threshold)
+        assert gc.get_threshold() == (50_000, 50, 100)
+        gc.set_threshold(*before)
+        tune_gc(load({"gc_threshold": 0}).gc_threshold)
+        assert gc.get_threshold() == before
+    finally:
+        gc.set_threshold(*before)
+    with pytest.raises(ValueError, match="gc_threshold"):
+        Settings(gc_threshold=-1)

@@ -13,7 +13,7 @@ import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from roomcast.core.errors import (
     ClientError,
@@ -66,6 +66,26 @@ def token_matches(given: str, expected: str) -> bool:
 class Session:
     """The server side of one WebSocket connection."""
 
+    __slots__ = (
+        "_admin_by_token",
+        "_bucket",
+        "_close",
+        "_expiry",
+        "_refused",
+        "_verifier",
+        "closed",
+        "conn_id",
+        "identity",
+        "is_admin",
+        "node",
+        "outbox",
+        "rooms",
+        "settings",
+        "user_id",
+    )
+    # Command type -> handler, shared by all sessions (not rebuilt per connection).
+    HANDLERS: ClassVar[dict[type[Any], Callable[[Session, Any], Awaitable[None]]]]
+
     def __init__(
         self,
         *,
@@ -95,19 +115,6 @@ class Session:
         self._refused = 0  # rate-limited messages in a row
         if identity is not None:
             self._authenticate(identity)
-        self._handlers: dict[type[Any], Callable[[Any], Awaitable[None]]] = {
-            SendMessage: self._send,
-            UpvoteMessage: self._upvote,
-            UnvoteMessage: self._unvote,
-            JoinRoom: self._join,
-            LeaveRoom: self._leave,
-            Auth: self._auth,
-            CreateRoom: self._create_room,
-            UpdateRoom: self._update_room,
-            MarkAnswered: self._mark_answered,
-            DeleteChat: self._delete_chat,
-            MuteUser: self._mute_user,
-        }
 
     # ------------------------------------------------------------ entry points
 
@@ -142,7 +149,7 @@ class Session:
         room_id = None if raw_room is None else normalize_id(raw_room)
         client_msg_id = getattr(command, "clientMsgId", None)
         try:
-            await self._handlers[type(command)](command)
+            await Session.HANDLERS[type(command)](self, command)
         except ClientError as exc:
             details = dict(exc.details)
             if client_msg_id is not None:
@@ -354,3 +361,18 @@ class Session:
         user_id = normalize_id(raw_user_id)
         self._check_user(user_id)
         return user_id
+
+
+Session.HANDLERS = {
+    SendMessage: Session._send,
+    UpvoteMessage: Session._upvote,
+    UnvoteMessage: Session._unvote,
+    JoinRoom: Session._join,
+    LeaveRoom: Session._leave,
+    Auth: Session._auth,
+    CreateRoom: Session._create_room,
+    UpdateRoom: Session._update_room,
+    MarkAnswered: Session._mark_answered,
+    DeleteChat: Session._delete_chat,
+    MuteUser: Session._mute_user,
+}
