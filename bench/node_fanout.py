@@ -32,13 +32,9 @@ SCRIPT = Path(__file__).resolve().parent / "node" / "fanout.mjs"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def measure(
-    port: int, pids: list[int], args: argparse.Namespace, rate: float, *, bare: bool = False
-) -> dict[str, Any]:
+def measure(port: int, pids: list[int], args: argparse.Namespace, rate: float) -> dict[str, Any]:
     node = shutil.which("node") or "node"
     cmd = [node, str(SCRIPT), "--ports", str(port), "--receivers", str(args.receivers)]
-    if bare:
-        cmd += ["--ack", "none"]
     cmd += ["--rate", str(rate), "--duration", str(args.duration), "--warmup", str(args.warmup)]
     gen = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     if args.gen_cpus:
@@ -74,7 +70,7 @@ def measure(
 def baseline(args: argparse.Namespace, rate: float, cpus: set[int]) -> dict[str, Any]:
     with bare_server(args.baseline, cpus) as (port, pid):
         time.sleep(0.2)
-        return measure(port, [pid], args, rate, bare=True)
+        return measure(port, [pid], args, rate)
 
 
 def main() -> None:

@@ -75,6 +75,28 @@ def test_bench_fanout_against_a_bare_baseline(node: NodeProcess, tmp_path: Path)
     assert ours["x_baseline"] == ours["us_per_delivery"] / bare["us_per_delivery"]
 
 
+@pytest.mark.parametrize(
+    ("scenario", "lib", "cost"),
+    [
+        ("rooms", "picows", "server_cpu_us_per_delivery"),
+        ("handshakes", "aiohttp", "server_cpu_us_per_connection"),
+        ("idle", "websockets", "kib_per_connection"),
+    ],
+)
+def test_every_scenario_runs_against_a_bare_baseline_too(
+    node: NodeProcess, tmp_path: Path, scenario: str, lib: str, cost: str
+) -> None:
+    """The bare servers answer joins and echo messages, so each scenario completes on
+    them as on roomcast, and roomcast's figure comes out as a ratio to theirs."""
+    ours, bare = bench(node, tmp_path, scenario, "--baseline", lib)["results"]  # type: ignore[misc]
+    assert (ours["server"], bare["server"]) == ("roomcast", f"bare {lib}")
+    assert not any("failed" in reason for r in (ours, bare) for reason in r["invalid"])
+    if scenario == "rooms":
+        assert bare["deliveries_per_s"] > 0
+        assert bare["latency_ms"]["p50"] > 0
+    assert ours["x_baseline"] == ours[cost] / bare[cost]
+
+
 def test_bench_refuses_remote_urls(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "roomcast", "bench", "idle", "--url", "ws://example.org/"],

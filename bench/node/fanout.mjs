@@ -32,8 +32,8 @@ function connect(port, user) {
     const ws = new WebSocket(`ws://127.0.0.1:${port}/`, { perMessageDeflate: false });
     ws.on("error", reject);
     ws.on("open", () => {
-      // roomcast answers a join with ROOM_HISTORY; the bare baseline servers answer
-      // nothing (--ack none), so the join is taken as done once sent.
+      // roomcast and the bare baseline servers answer a join with ROOM_HISTORY; with
+      // --ack none (a server that answers nothing) the join is taken as done once sent.
       if (ack === "none") {
         join(ws, user);
         resolve(ws);

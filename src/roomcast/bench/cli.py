@@ -40,16 +40,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server-pid", type=int, action="append", default=None)
     parser.add_argument("--out", type=Path, help="JSON file (default ./roomcast-bench-...)")
     parser.add_argument("--quick", action="store_true", help="small and short: a smoke test")
+    parser.add_argument(
+        "--baseline",
+        choices=("aiohttp", "picows", "websockets"),
+        help="also run the scenario against a bare server on this library (same CPUs, "
+        "right after) and report roomcast's cost as a ratio to it",
+    )
     fan = parser.add_argument_group("fanout")
     fan.add_argument("--receivers", type=int, default=1000)
     fan.add_argument("--rate", type=float, action="append", help="messages/s (repeatable)")
     fan.add_argument("--workers", type=int, default=2, help="receiver processes")
-    fan.add_argument(
-        "--baseline",
-        choices=("aiohttp", "picows", "websockets"),
-        help="also run a bare broadcast server on this library, on the server's CPUs, "
-        "and report roomcast's cost as a ratio to it",
-    )
     timing = parser.add_argument_group("timing")
     timing.add_argument("--duration", type=float, default=8.0, help="measured seconds")
     timing.add_argument("--warmup", type=float, default=2.0)
@@ -108,11 +108,57 @@ def _fanout(args: argparse.Namespace, ports: list[int], pids: list[int]) -> list
     return results
 
 
+# The figure each scenario compares with its baseline (lower is better).
+COST = {
+    "rooms": "server_cpu_us_per_delivery",
+    "idle": "kib_per_connection",
+    "handshakes": "server_cpu_us_per_connection",
+}
+
+
+def _one(args: argparse.Namespace, url: str, pids: list[int]) -> dict[str, Any]:
+    """One run of a scenario other than fanout against the server at `url`."""
+    if args.scenario == "rooms":
+        return asyncio.run(
+            scenarios.rooms(
+                url,
+                pids,
+                room_count=args.rooms,
+                members=args.members,
+                warmup=args.warmup,
+                duration=args.duration,
+                progress=_progress,
+            )
+        )
+    if args.scenario == "idle":
+        return asyncio.run(
+            scenarios.idle(
+                url,
+                pids,
+                count=args.connections or (500 if args.quick else 10_000),
+                per_room=args.per_room,
+                batch=args.batch,
+                settle=1.0 if args.quick else 3.0,
+                progress=_progress,
+            )
+        )
+    return asyncio.run(
+        scenarios.handshakes(
+            url,
+            pids,
+            count=args.connections or (300 if args.quick else 2_000),
+            batch=args.batch,
+            progress=_progress,
+        )
+    )
+
+
 def _row(r: dict[str, Any]) -> str:
     flag = " INVALID: " + "; ".join(r["invalid"]) if r.get("invalid") else ""
+    ratio = f" (×{r['x_baseline']:.2f} bare)" if "x_baseline" in r else ""
+    who = r.get("server", "roomcast")
     if r["scenario"] == "fanout":
         lat = r["latency_ms"]
-        ratio = f" (×{r['x_baseline']:.2f} bare)" if "x_baseline" in r else ""
         return (
             f"| fanout {r['server']}, {r['receivers']:,} rcv × {r['rate']:g}/s, "
             f"{r['nodes']} node(s) | {r['deliveries_per_s']:,.0f} deliveries/s "
@@ -123,22 +169,22 @@ def _row(r: dict[str, Any]) -> str:
     if r["scenario"] == "rooms":
         lat = r["latency_ms"]
         return (
-            f"| rooms {r['rooms']} × {r['members']}, all sending "
+            f"| rooms {who}, {r['rooms']} × {r['members']}, all sending "
             f"| {r['deliveries_per_s']:,.0f} deliveries/s "
-            f"| {r['server_cpu_us_per_delivery']:.2f} µs/delivery "
+            f"| {r['server_cpu_us_per_delivery']:.2f} µs/delivery{ratio} "
             f"| p50 {lat['p50']:.1f} / p99 {lat['p99']:.1f} / max {lat['max']:.1f} ms "
             f"| server {r['server_cpu_pct']:.0f}% | gen {r['gen_cpu_pct']:.0f}%{flag} |"
         )
     if r["scenario"] == "idle":
         return (
-            f"| idle {r['connections']:,} joined in {r['rooms']:,} rooms "
-            f"| {r['kib_per_connection']:.1f} KiB RSS/connection "
+            f"| idle {who}, {r['connections']:,} joined in {r['rooms']:,} rooms "
+            f"| {r['kib_per_connection']:.1f} KiB RSS/connection{ratio} "
             f"| RSS {r['server_rss_kib_before'] / 1024:.0f} → "
             f"{r['server_rss_kib_after'] / 1024:.0f} MiB | | |{flag} |"
         )
     return (
-        f"| handshakes {r['connections']:,} | {r['per_s']:,.0f} opened+joined/s "
-        f"| {r['server_cpu_us_per_connection']:.0f} µs server CPU/connection "
+        f"| handshakes {who}, {r['connections']:,} | {r['per_s']:,.0f} opened+joined/s "
+        f"| {r['server_cpu_us_per_connection']:.0f} µs server CPU/connection{ratio} "
         f"| server {r['server_cpu_pct']:.0f}% | | gen {r['gen_cpu_pct']:.0f}%{flag} |"
     )
 
@@ -161,44 +207,19 @@ def run(args: argparse.Namespace) -> int:
     scenario = args.scenario
     if scenario == "fanout":
         results = _fanout(args, ports, pids)
-    elif scenario == "rooms":
-        results = [
-            asyncio.run(
-                scenarios.rooms(
-                    urls[0],
-                    pids,
-                    room_count=args.rooms,
-                    members=args.members,
-                    warmup=args.warmup,
-                    duration=args.duration,
-                    progress=_progress,
-                )
-            )
-        ]
-    elif scenario == "idle":
-        count = args.connections or (500 if args.quick else 10_000)
-        results = [
-            asyncio.run(
-                scenarios.idle(
-                    urls[0],
-                    pids,
-                    count=count,
-                    per_room=args.per_room,
-                    batch=args.batch,
-                    settle=1.0 if args.quick else 3.0,
-                    progress=_progress,
-                )
-            )
-        ]
     else:
-        count = args.connections or (300 if args.quick else 2_000)
-        results = [
-            asyncio.run(
-                scenarios.handshakes(
-                    urls[0], pids, count=count, batch=args.batch, progress=_progress
-                )
-            )
-        ]
+        results = [_one(args, urls[0], pids)]
+        results[0]["server"] = "roomcast"
+        if args.baseline:
+            cpus = os.sched_getaffinity(pids[0])
+            _progress(f"{scenario}: the same against bare {args.baseline} ...")
+            with scenarios.bare_server(args.baseline, cpus) as (port, pid):
+                base = _one(args, f"ws://127.0.0.1:{port}/", [pid])
+            base["server"] = f"bare {args.baseline}"
+            key = COST[scenario]
+            if base[key] and results[0][key]:
+                results[0]["x_baseline"] = results[0][key] / base[key]
+            results.append(base)
     if sys.stderr.isatty():
         print(file=sys.stderr)
     print("| scenario | throughput | server cost | latency / memory | | generator |")

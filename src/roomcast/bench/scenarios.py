@@ -312,7 +312,7 @@ async def rooms(
             member: Member = listener
             member.transport = transport
             member.user = f"r{r}m{k}"
-            member.me = f'"userId":"{member.user}"'.encode()
+            member.me = f'"name":"{member.user}"'.encode()  # bare servers send no userId
             member.room = f"rooms-{r}"
             transport.send(text, _join(member.user, member.room))
             people.append(member)

@@ -2,7 +2,9 @@
 
 All three speak the same minimal JSON room protocol:
 
-* ``{"type":"JOIN_ROOM","payload":{"name":..,"userId":..,"roomId":..}}`` joins a room;
+* ``{"type":"JOIN_ROOM","payload":{"name":..,"userId":..,"roomId":..}}`` joins a room and
+  is answered, to the joiner alone, with ``{"type":"ROOM_HISTORY","payload":{"roomId":..,
+  "messages":[]}}`` (the least a join acknowledgement can be: no history, no presence);
 * ``{"type":"SEND_MESSAGE","payload":{"userId":..,"roomId":..,"message":..}}`` makes the
   server send ``{"type":"ADD_CHAT","payload":{"chatId":..,"roomId":..,"message":..,
   "name":..,"upvotes":0}}`` to every member of the room (the sender included).
@@ -62,6 +64,15 @@ class AddChat(msgspec.Struct, tag_field="type", tag="ADD_CHAT"):
     payload: AddChatPayload
 
 
+class HistoryPayload(msgspec.Struct):
+    roomId: str
+    messages: list[str]
+
+
+class RoomHistory(msgspec.Struct, tag_field="type", tag="ROOM_HISTORY"):
+    payload: HistoryPayload
+
+
 _decoder = msgspec.json.Decoder(JoinRoom | SendMessage)
 _encoder = msgspec.json.Encoder()
 
@@ -77,7 +88,8 @@ class Rooms(Generic[Conn]):
         self.last_chat_id = 0
 
     def handle(self, conn: Conn, raw: bytes | str) -> tuple[set[Conn], bytes] | None:
-        """Apply one client message; return (recipients, encoded ADD_CHAT) to broadcast."""
+        """Apply one client message; return (recipients, encoded frame) to send: the
+        joiner and ROOM_HISTORY for a join, the room and ADD_CHAT for a message."""
         try:
             msg = _decoder.decode(raw)
         except msgspec.DecodeError:  # also ValidationError: unknown type, bad fields
@@ -86,7 +98,7 @@ class Rooms(Generic[Conn]):
             self.leave(conn)
             self.names[conn] = (msg.payload.name, msg.payload.roomId)
             self.rooms.setdefault(msg.payload.roomId, set()).add(conn)
-            return None
+            return {conn}, _encoder.encode(RoomHistory(HistoryPayload(msg.payload.roomId, [])))
         joined = self.names.get(conn)
         members = self.rooms.get(msg.payload.roomId)
         if joined is None or not members:
@@ -215,6 +227,9 @@ async def serve_roomcast(port: int) -> None:
         presence_broadcast_max=10,
         drain_time=0.0,
     )
+    from roomcast.cli import tune_gc
+
+    tune_gc(settings.gc_threshold)  # as `roomcast serve` does
     server = RoomcastServer(settings)
     await server.start()
     ready(port)
