@@ -35,7 +35,9 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "transport"))
 
-from run import free_port, machine_info, pinning  # noqa: E402
+from run import free_port, pinning  # noqa: E402
+
+from roomcast.bench.report import header  # noqa: E402
 
 RESULTS = HERE / "results"
 CONFIGS = ("alone", "redis-1", "redis-2", "redis-3")
@@ -179,13 +181,9 @@ def main() -> None:
     table = summarize(runs, args.rates)
     print(table)
     out = args.out or RESULTS / f"cluster-{dt.date.today()}{'-quick' if args.quick else ''}.json"
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE
-    ).stdout.strip()
     out.write_text(
         json.dumps(
-            {"machine": machine_info(), "commit": commit, "args": vars(args) | {"out": None},
-             "runs": runs, "table": table},
+            {**header(), "args": vars(args) | {"out": None}, "runs": runs, "table": table},
             indent=1,
             default=str,
         )

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from roomcast.bench.report import header
 from roomcast.bench.scenarios import bare_server, cpu_ticks, listener_pids
 
 SCRIPT = Path(__file__).resolve().parent / "node" / "fanout.mjs"
@@ -114,7 +115,11 @@ def main() -> None:
         )
     if args.out:
         args.out.write_text(
-            json.dumps({"args": vars(args) | {"out": None}, "runs": rows}, indent=1, default=str)
+            json.dumps(
+                {**header(), "args": vars(args) | {"out": None}, "runs": rows},
+                indent=1,
+                default=str,
+            )
         )
 
 

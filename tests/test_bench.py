@@ -26,20 +26,25 @@ def node() -> Iterator[NodeProcess]:
     server.stop()
 
 
+def python(*args: str) -> str:
+    """Run `python ARGS` to the end; it must succeed. Its standard output."""
+    proc = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=timeout(180), check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
 def bench(node: NodeProcess, tmp_path: Path, *args: str) -> dict[str, object]:
     out = tmp_path / "report.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "roomcast", "bench", *args, "--quick", "--url", node.url,
-         "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=timeout(180),
-        check=False,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "| scenario |" in proc.stdout
+    stdout = python(
+        "-m", "roomcast", "bench", *args, "--quick", "--url", node.url, "--out", str(out)
+    )
+    assert "| scenario |" in stdout
     report: dict[str, object] = json.loads(out.read_text())
     assert report["server_pids"] == [node.proc.pid if node.proc else -1]
+    assert report["machine"]["nproc"] >= 1  # type: ignore[index]
+    assert report["commit"]  # where it ran, on what
     return report
 
 
@@ -107,3 +112,27 @@ def test_bench_refuses_remote_urls(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "this machine only" in proc.stderr
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_ab_compares_two_server_configurations(tmp_path: Path) -> None:
+    """bench/ab.py starts each configuration itself and reports the ratio of medians."""
+    out = tmp_path / "ab.json"
+    stdout = python(
+        str(ROOT / "bench" / "ab.py"), "handshakes", "--rounds", "1", "--quick", "--out", str(out)
+    )
+    report = json.loads(out.read_text())
+    assert [run["config"] for run in report["runs"]] == ["A", "B"]
+    assert report["a"] == "--gc-threshold 0"
+    assert all(run["connections"] == 300 for run in report["runs"])
+    assert report["b_over_a"] == report["median_b"] / report["median_a"]
+    assert "B/A =" in stdout
+
+
+def test_memory_breaks_an_idle_connection_down_by_package() -> None:
+    stdout = python(str(ROOT / "bench" / "memory.py"), "--connections", "100")
+    assert "100 idle joined connections" in stdout
+    assert "| aiohttp |" in stdout
+    assert "| roomcast |" in stdout

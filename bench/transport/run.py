@@ -17,7 +17,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import re
 import selectors
 import shutil
@@ -27,9 +26,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from roomcast.bench.report import git_commit, machine_info
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -49,32 +49,6 @@ def pinning() -> tuple[list[str], list[str]]:
     if shutil.which("taskset") and len(os.sched_getaffinity(0)) >= 2:
         return ["taskset", "-c", "0"], ["taskset", "-c", "1"]
     return [], []
-
-
-def machine_info() -> dict[str, Any]:
-    model = "unknown"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
-    libs = ("websockets", "aiohttp", "picows", "aiofastnet", "uvloop", "msgspec")
-    return {
-        "nproc": int(nproc) if nproc.isdigit() else os.cpu_count(),
-        "cpu_model": model,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "libraries": {name: metadata.version(name) for name in libs},
-        "clk_tck": os.sysconf("SC_CLK_TCK"),
-    }
-
-
-def git_commit() -> str:
-    proc = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True
-    )
-    return proc.stdout.strip() if proc.returncode == 0 else "uncommitted"
 
 
 def wait_ready(server: subprocess.Popen[str], timeout: float) -> bool:
@@ -274,7 +248,7 @@ def main() -> None:
 
     started = dt.datetime.now()
     configs = [(lib, uv, rate) for lib in args.libs for uv in (False, True) for rate in args.rates]
-    info = {"machine": machine_info(), "git_commit": git_commit()}
+    info = {"machine": machine_info(), "commit": git_commit()}
     info["loadavg_start"] = Path("/proc/loadavg").read_text().split()[:3]
     pin_server, pin_gen = pinning()
     print(

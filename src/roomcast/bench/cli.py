@@ -20,7 +20,6 @@ import asyncio
 import datetime as dt
 import json
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 
 from roomcast import __version__
 from roomcast.bench import scenarios
+from roomcast.bench.report import header
 
 SCENARIOS = ("fanout", "rooms", "idle", "handshakes")
 
@@ -229,8 +229,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or Path(f"roomcast-bench-{scenario}-{dt.datetime.now():%Y%m%d-%H%M%S}.json")
     report = {
         "roomcast": __version__,
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        **header(),
         "urls": urls,
         "server_pids": pids,
         "args": {k: v for k, v in vars(args).items() if k != "out"},

@@ -1,0 +1,65 @@
+"""What every benchmark report records about where it ran: date, commit, machine."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+LIBRARIES = ("aiohttp", "websockets", "picows", "aiofastnet", "uvloop", "msgspec", "redis")
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model and count, kernel, Python and the versions of the libraries that matter."""
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu_model": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "libraries": versions,
+        "clk_tck": os.sysconf("SC_CLK_TCK"),
+    }
+
+
+def git_commit(where: Path | None = None) -> str:
+    """The checked-out commit of the repository at `where` (default: this file's), or
+    "unknown" outside a git checkout (an installed package)."""
+    where = where or Path(__file__).resolve().parent
+    try:
+        proc = subprocess.run(
+            ["git", "-C", str(where), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except OSError:
+        return "unknown"
+    return proc.stdout.strip() if proc.returncode == 0 else "unknown"
+
+
+def header() -> dict[str, Any]:
+    """The fields every report starts with."""
+    return {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "commit": git_commit(),
+        "machine": machine_info(),
+    }
