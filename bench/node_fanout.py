@@ -27,7 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from roomcast.bench.report import header
-from roomcast.bench.scenarios import bare_server, cpu_ticks, listener_pids
+from roomcast.bench.scenarios import (
+    bare_server,
+    cpu_ticks,
+    listener_pids,
+    send_wait_buckets,
+    send_wait_ms,
+)
 
 SCRIPT = Path(__file__).resolve().parent / "node" / "fanout.mjs"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -42,11 +48,14 @@ def measure(port: int, pids: list[int], args: argparse.Namespace, rate: float) -
         os.sched_setaffinity(gen.pid, args.gen_cpus)
     assert gen.stdout is not None
     marks: dict[str, tuple[float, int, int]] = {}
+    waits: dict[str, dict[float, float] | None] = {}
     result: dict[str, Any] = {}
+    url = f"ws://127.0.0.1:{port}/"
     for line in gen.stdout:
         if line.startswith("WINDOW_"):
             mark = line.split()[0]
             marks[mark] = (time.monotonic(), sum(cpu_ticks(p) for p in pids), cpu_ticks(gen.pid))
+            waits[mark] = send_wait_buckets([url])
         elif line.startswith("{"):
             result = json.loads(line)
     gen.wait(30)
@@ -60,6 +69,7 @@ def measure(port: int, pids: list[int], args: argparse.Namespace, rate: float) -
         invalid.append(f"sender {result['sender_max_lag_ms']:.0f} ms behind")
     return {
         **result,
+        "server_send_wait_ms": send_wait_ms(waits["WINDOW_START"], waits["WINDOW_END"]),
         "deliveries_per_s": deliveries / seconds,
         "us_per_delivery": server_cpu * 1e6 / max(deliveries, 1),
         "server_cpu_pct": 100 * server_cpu / seconds,
@@ -100,17 +110,19 @@ def main() -> None:
             rows.append(bare)
     print(
         "| server | receivers × msg/s | deliveries/s | µs/delivery | × bare | server CPU "
-        "| p50 / p99 ms | lost / dup | generator |"
+        "| p50 / p99 ms | server's wait p99 | lost / dup | generator |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ratio = f"{r['x_baseline']:.2f}" if "x_baseline" in r else ""
         flag = " INVALID: " + "; ".join(r["invalid"]) if r["invalid"] else ""
         lat = r["latency_ms"]
+        wait = r.get("server_send_wait_ms")
+        waited = f"≤ {wait['p99']:g} ms" if wait else "—"
         print(
             f"| {r['server']} | {r['receivers']:,} × {r['rate']:g} | {r['deliveries_per_s']:,.0f} "
             f"| {r['us_per_delivery']:.2f} | {ratio} | {r['server_cpu_pct']:.0f}% "
-            f"| {lat['p50']:.0f} / {lat['p99']:.0f} | {r['lost']} / {r['duplicates']} "
+            f"| {lat['p50']:.0f} / {lat['p99']:.0f} | {waited} | {r['lost']} / {r['duplicates']} "
             f"| {r['gen_cpu_pct']:.0f}%{flag} |"
         )
     if args.out:

@@ -78,6 +78,12 @@ def test_bench_fanout_against_a_bare_baseline(node: NodeProcess, tmp_path: Path)
         assert result["lost"] == 0
         assert result["duplicates"] == 0
     assert ours["x_baseline"] == ours["us_per_delivery"] / bare["us_per_delivery"]
+    # roomcast's own account of how long frames waited, read from its /metrics in the
+    # window; a bare server has none
+    wait = ours["server_send_wait_ms"]
+    assert wait["passes"] > 0
+    assert 0 < wait["p50"] <= wait["p99"]
+    assert bare["server_send_wait_ms"] is None
 
 
 @pytest.mark.parametrize(
@@ -99,6 +105,8 @@ def test_every_scenario_runs_against_a_bare_baseline_too(
     if scenario == "rooms":
         assert bare["deliveries_per_s"] > 0
         assert bare["latency_ms"]["p50"] > 0
+        assert ours["server_send_wait_ms"]["passes"] > 0
+        assert bare["server_send_wait_ms"] is None
     assert ours["x_baseline"] == ours[cost] / bare[cost]
 
 

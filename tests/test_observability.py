@@ -32,7 +32,7 @@ async def scrape(server: RoomcastServer) -> dict[str, float]:
 
 async def test_metrics_move(server: RoomcastServer) -> None:
     """Counters and gauges follow what happens: connections, messages, deliveries,
-    errors, rooms, store latency."""
+    errors, rooms, store latency, how long frames wait to be written."""
     before = await scrape(server)
     assert before["roomcast_connections{}"] == 0
     a, b = await Client.connect(server.url), await Client.connect(server.url)
@@ -52,6 +52,12 @@ async def test_metrics_move(server: RoomcastServer) -> None:
     assert after["roomcast_errors_total{code=bad_json}"] == 1
     assert after["roomcast_deliveries_total{}"] >= before["roomcast_deliveries_total{}"] + 2
     assert after["roomcast_store_append_seconds_count{}"] == 1
+    # One observation per write pass: at least the joins' and the message's passes, in
+    # seconds (well under one here), all of them inside the last finite bucket.
+    passes = after["roomcast_send_wait_seconds_count{}"]
+    assert passes >= before.get("roomcast_send_wait_seconds_count{}", 0) + 3
+    assert 0 < after["roomcast_send_wait_seconds_sum{}"] < passes * timeout(1)
+    assert after["roomcast_send_wait_seconds_bucket{le=1.0}"] == passes
     assert "roomcast_event_loop_lag_seconds{}" in after
     assert after["roomcast_queue_bytes{}"] >= 0
     await a.close()

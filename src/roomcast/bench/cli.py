@@ -157,13 +157,15 @@ def _row(r: dict[str, Any]) -> str:
     flag = " INVALID: " + "; ".join(r["invalid"]) if r.get("invalid") else ""
     ratio = f" (×{r['x_baseline']:.2f} bare)" if "x_baseline" in r else ""
     who = r.get("server", "roomcast")
+    wait = r.get("server_send_wait_ms")
+    waited = f" (server's wait p99 ≤ {wait['p99']:g} ms)" if wait and wait["passes"] else ""
     if r["scenario"] == "fanout":
         lat = r["latency_ms"]
         return (
             f"| fanout {r['server']}, {r['receivers']:,} rcv × {r['rate']:g}/s, "
             f"{r['nodes']} node(s) | {r['deliveries_per_s']:,.0f} deliveries/s "
             f"| {r['us_per_delivery']:.2f} µs/delivery{ratio} "
-            f"| p50 {lat['p50']:.1f} / p99 {lat['p99']:.1f} / max {lat['max']:.1f} ms "
+            f"| p50 {lat['p50']:.1f} / p99 {lat['p99']:.1f} / max {lat['max']:.1f} ms{waited} "
             f"| lost {r['lost']}, dup {r['duplicates']} | gen {r['gen_cpu_pct']:.0f}%{flag} |"
         )
     if r["scenario"] == "rooms":
@@ -172,7 +174,7 @@ def _row(r: dict[str, Any]) -> str:
             f"| rooms {who}, {r['rooms']} × {r['members']}, all sending "
             f"| {r['deliveries_per_s']:,.0f} deliveries/s "
             f"| {r['server_cpu_us_per_delivery']:.2f} µs/delivery{ratio} "
-            f"| p50 {lat['p50']:.1f} / p99 {lat['p99']:.1f} / max {lat['max']:.1f} ms "
+            f"| p50 {lat['p50']:.1f} / p99 {lat['p99']:.1f} / max {lat['max']:.1f} ms{waited} "
             f"| server {r['server_cpu_pct']:.0f}% | gen {r['gen_cpu_pct']:.0f}%{flag} |"
         )
     if r["scenario"] == "idle":

@@ -40,6 +40,8 @@ from typing import Any, cast
 import msgspec
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
+from roomcast.bench.scenarios import send_wait_buckets, send_wait_ms
+
 TEXT = WSMsgType.TEXT
 CLOSE = WSMsgType.CLOSE
 ROOM = "bench"
@@ -332,10 +334,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         a_ns, a_srv = time.time_ns(), sum(cpu_ticks(pid) for pid in args.server_pid)
         a_extra = sum(cpu_ticks(pid) for pid in args.extra_pid)
         a_gen = [cpu_ticks(pid) for pid in gen_pids]
+        a_wait = send_wait_buckets(urls) if args.roomcast else None
         time.sleep(max(0.0, (t1 - time.time_ns()) / 1e9))
         b_ns, b_srv = time.time_ns(), sum(cpu_ticks(pid) for pid in args.server_pid)
         b_extra = sum(cpu_ticks(pid) for pid in args.extra_pid)
         b_gen = [cpu_ticks(pid) for pid in gen_pids]
+        b_wait = send_wait_buckets(urls) if args.roomcast else None
 
         deadline = time.monotonic() + (plan.listen_until - time.time_ns()) / 1e9 + 60
         got = collect(out, "result", [*range(args.workers), "sender"], deadline, procs)
@@ -391,6 +395,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "lost": sum(r["lost"] for r in results),
         "duplicates": sum(r["duplicates"] for r in results),
         "unexpected_frames": unexpected,
+        "server_send_wait_ms": send_wait_ms(a_wait, b_wait),
         "sender_max_lag_ms": sender_result["max_lag_ms"],
         "sender_echo_latency_ms": {
             "p50": sender_result["echo_p50_ms"],

@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -111,13 +112,63 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-class Meter:
-    """Server and generator CPU over a window."""
+def send_wait_buckets(urls: list[str]) -> dict[float, float] | None:
+    """The servers' `roomcast_send_wait_seconds` histogram, summed: {bucket bound:
+    cumulative count}; None when a server has no such metric (a bare server)."""
+    from prometheus_client.parser import text_string_to_metric_families
 
-    def __init__(self, pids: list[int]) -> None:
+    total: dict[float, float] = {}
+    for url in urls:
+        parts = urlsplit(url)
+        try:
+            with urllib.request.urlopen(
+                f"http://{parts.hostname}:{parts.port}/metrics", timeout=5
+            ) as response:
+                text = response.read().decode()
+        except (OSError, ValueError):
+            return None
+        found = False
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "roomcast_send_wait_seconds_bucket":
+                    bound = float(sample.labels["le"])
+                    total[bound] = total.get(bound, 0.0) + sample.value
+                    found = True
+        if not found:
+            return None
+    return total
+
+
+def send_wait_ms(
+    before: dict[float, float] | None, after: dict[float, float] | None
+) -> dict[str, float] | None:
+    """p50 and p99 of the write passes between two scrapes, as the upper bound of the
+    histogram bucket they fall in (ms; inf past the last bound), and the pass count."""
+    if before is None or after is None:
+        return None
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    passes = counts[-1] if counts else 0.0
+    out: dict[str, float] = {"passes": passes}
+    for name, q in (("p50", 0.5), ("p99", 0.99)):
+        out[name] = next(
+            (b * 1000 for b, c in zip(bounds, counts, strict=True) if c >= q * passes and passes),
+            0.0,
+        )
+    return out
+
+
+class Meter:
+    """Server and generator CPU over a window, and, when `urls` are given, how long the
+    servers' frames waited to be written (their roomcast_send_wait_seconds)."""
+
+    def __init__(self, pids: list[int], urls: list[str] | None = None) -> None:
         self.pids = pids
+        self.urls = urls or []
+        self.send_wait: dict[str, float] | None = None
 
     def __enter__(self) -> Meter:
+        self.waits0 = send_wait_buckets(self.urls) if self.urls else None
         self.t0 = time.perf_counter()
         self.server0 = sum(cpu_ticks(p) for p in self.pids)
         self.gen0 = time.process_time()
@@ -127,6 +178,8 @@ class Meter:
         self.wall = time.perf_counter() - self.t0
         self.server_s = (sum(cpu_ticks(p) for p in self.pids) - self.server0) / CLK_TCK
         self.gen_pct = 100.0 * (time.process_time() - self.gen0) / max(self.wall, 1e-9)
+        if self.urls:
+            self.send_wait = send_wait_ms(self.waits0, send_wait_buckets(self.urls))
 
 
 def raise_fd_limit(wanted: int) -> int:
@@ -325,7 +378,7 @@ async def rooms(
     await asyncio.sleep(warmup)
     state["counting"] = True
     progress(f"measuring {duration:g}s")
-    with Meter(pids) as m:
+    with Meter(pids, [url]) as m:
         await asyncio.sleep(duration)
     state["counting"] = False
     for member in people:
@@ -353,6 +406,7 @@ async def rooms(
         "server_cpu_us_per_delivery": m.server_s * 1e6 / max(deliveries, 1),
         "server_cpu_pct": 100 * m.server_s / m.wall,
         "latency_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0)},
+        "server_send_wait_ms": m.send_wait,
         "gen_cpu_pct": m.gen_pct,
         "invalid": invalid,
     }

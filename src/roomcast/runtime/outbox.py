@@ -23,19 +23,30 @@ log = logging.getLogger("roomcast.outbox")
 
 
 class Flusher:
-    """Writes every outbox that received frames, once per loop iteration."""
+    """Writes every outbox that received frames, once per loop iteration.
 
-    __slots__ = ("_dirty", "_loop", "_scheduled")
+    `observe(seconds)`, if given, gets once per pass how long the pass's first frame
+    waited in roomcast: from being queued until the pass had written every connection
+    (the server's share of a delivery's latency, after the message was handled)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    __slots__ = ("_dirty", "_loop", "_observe", "_scheduled", "_since")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        observe: Callable[[float], None] | None = None,
+    ) -> None:
         self._loop = loop
         self._dirty: list[Outbox] = []
         self._scheduled = False
+        self._observe = observe
+        self._since = 0.0
 
     def mark(self, box: Outbox) -> None:
         self._dirty.append(box)
         if not self._scheduled:
             self._scheduled = True
+            self._since = self._loop.time()
             self._loop.call_soon(self.flush)
 
     def flush(self) -> None:
@@ -47,6 +58,8 @@ class Flusher:
             except Exception:  # one broken connection must not stall the others
                 log.exception("flushing a connection failed")
                 box.abort()
+        if self._observe is not None:
+            self._observe(self._loop.time() - self._since)
 
 
 class Outbox:

@@ -122,7 +122,7 @@ class RoomcastServer:
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        self._flusher = Flusher(asyncio.get_running_loop())
+        self._flusher = Flusher(asyncio.get_running_loop(), self.stats.send_wait.observe)
         await self.store.open()
         await self.node.start()
         api = RoomsAPI(self.node)

@@ -16,6 +16,11 @@ if TYPE_CHECKING:
     from roomcast.runtime.server import RoomcastServer
 
 
+# Fine below 30 ms, where a fan-out pass's latency target lies.
+SEND_WAIT_BUCKETS: tuple[float, ...] = (0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005)
+SEND_WAIT_BUCKETS += (0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 1.0)
+
+
 class Stats:
     """Counters the server, sessions and node update."""
 
@@ -31,6 +36,13 @@ class Stats:
             "roomcast_store_append_seconds",
             "Time to store one chat message (until it is durable).",
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=self.registry,
+        )
+        self.send_wait = Histogram(
+            "roomcast_send_wait_seconds",
+            "Per write pass: how long its first frame waited in roomcast, from being queued "
+            "until every connection in the pass had its frames written to the kernel.",
+            buckets=SEND_WAIT_BUCKETS,
             registry=self.registry,
         )
 
