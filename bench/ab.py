@@ -101,7 +101,10 @@ def main() -> None:
             )
     a = statistics.median(r[key] for r in runs if r["config"] == "A")
     b = statistics.median(r[key] for r in runs if r["config"] == "B")
+    invalid = sum(1 for r in runs if r["invalid"])
     print(f"median {key}: A {a:.2f}, B {b:.2f}; B/A = {b / a:.2f}")
+    if invalid:
+        print(f"note: {invalid} of {len(runs)} runs are marked invalid (see above); read with care")
     out = args.out or RESULTS / f"ab-{args.scenario}-{dt.date.today()}.json"
     report = {
         **header(),
@@ -111,6 +114,7 @@ def main() -> None:
         "median_a": a,
         "median_b": b,
         "b_over_a": b / a,
+        "invalid_runs": invalid,
         "runs": runs,
     }
     out.write_text(json.dumps(report, indent=1))

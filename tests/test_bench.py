@@ -44,7 +44,7 @@ def bench(node: NodeProcess, tmp_path: Path, *args: str) -> dict[str, object]:
     report: dict[str, object] = json.loads(out.read_text())
     assert report["server_pids"] == [node.proc.pid if node.proc else -1]
     assert report["machine"]["nproc"] >= 1  # type: ignore[index]
-    assert report["commit"]  # where it ran, on what
+    assert report["commit"] != "unknown"  # tests run in a git checkout
     return report
 
 
@@ -82,7 +82,7 @@ def test_bench_fanout_against_a_bare_baseline(node: NodeProcess, tmp_path: Path)
     # window; a bare server has none
     wait = ours["server_send_wait_ms"]
     assert wait["passes"] > 0
-    assert 0 < wait["p50"] <= wait["p99"]
+    assert wait["p99"] is not None  # within the histogram's finite buckets (≤ 1 s)
     assert bare["server_send_wait_ms"] is None
 
 

@@ -163,20 +163,47 @@ def test_sigterm_stops_cleanly(tmp_path: Path) -> None:
         assert proc.wait(timeout(10)) == 0
 
 
-def test_serve_collects_garbage_less_often_unless_told_not_to() -> None:
-    """`roomcast serve` raises the collector's thresholds (gc_threshold); 0 keeps Python's."""
-    import gc
+def _gc_report(*args: str, cwd: Path) -> str:
+    """The garbage-collector line `roomcast serve ARGS --log-level debug` logs at start."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "roomcast", "serve", "--port", str(port), *args]
+    with subprocess.Popen(
+        [*cmd, "--store", "memory://", "--log-level", "debug"],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as proc:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "serving" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout(10)) == 0
+    found = [line for line in lines if "garbage collector:" in line]
+    assert found, "".join(lines)
+    return found[0]
 
-    from roomcast.cli import tune_gc
 
-    before = gc.get_threshold()
-    try:
-        tune_gc(Settings().gc_threshold)
-        assert gc.get_threshold() == (50_000, 50, 100)
-        gc.set_threshold(*before)
-        tune_gc(load({"gc_threshold": 0}).gc_threshold)
-        assert gc.get_threshold() == before
-    finally:
-        gc.set_threshold(*before)
+def test_serve_collects_garbage_less_often_unless_told_not_to(tmp_path: Path) -> None:
+    """`roomcast serve` raises the collector's thresholds and freezes what start-up made
+    (gc_threshold); with 0 it keeps Python's and freezes nothing."""
+    import re
+
+    tuned = _gc_report(cwd=tmp_path)
+    assert "thresholds (50000, 50, 100)" in tuned
+    frozen = re.search(r"(\d+) start-up objects frozen", tuned)
+    assert frozen is not None
+    assert int(frozen.group(1)) > 10_000  # modules, classes, functions: everything loaded
+    python_default = subprocess.run(
+        [sys.executable, "-c", "import gc; print(gc.get_threshold())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    plain = _gc_report("--gc-threshold", "0", cwd=tmp_path)
+    assert f"thresholds {python_default}, 0 start-up objects frozen" in plain
     with pytest.raises(ValueError, match="gc_threshold"):
         Settings(gc_threshold=-1)

@@ -704,13 +704,17 @@ async def test_leave_and_join_again_at_once_keeps_the_subscription(
     await other.close()
 
 
+@pytest.mark.parametrize("kind", ["redis", "cluster"])
 async def test_an_unsubscribe_answered_after_a_new_subscribe_is_not_a_lost_link(
-    redis_url: str,
+    redis_url: str, tmp_path: Path, kind: str
 ) -> None:
     """UNSUBSCRIBE then SUBSCRIBE the same channel before Redis answers the first: the
     unsubscribe reply is the broker's own, not Redis dropping the subscription, so the
-    link stays up and the subscription holds."""
-    store = RedisStore(redis_url, prefix=prefix())
+    link stays up and the subscription holds (on Redis Cluster: SUNSUBSCRIBE and
+    SSUBSCRIBE on the channel's shard)."""
+    cluster = RedisClusterServers(tmp_path).start() if kind == "cluster" else None
+    url = cluster.url if cluster is not None else redis_url
+    store = RedisStore(url, prefix=prefix())
     await store.open()
     got: list[bytes] = []
     resets: list[None] = []
@@ -730,6 +734,8 @@ async def test_an_unsubscribe_answered_after_a_new_subscribe_is_not_a_lost_link(
     finally:
         await broker.close()
         await store.close()
+        if cluster is not None:
+            cluster.stop()
 
 
 async def test_the_append_script_enforces_mutes_and_cooldowns(redis_url: str) -> None:

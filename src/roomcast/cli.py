@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import dataclasses
 import gc
+import logging
 import os
 import secrets
 import signal
@@ -17,6 +18,8 @@ from typing import Any
 from roomcast import __version__
 from roomcast.config import Settings, describe, flag_name, load, to_toml
 from roomcast.logs import configure as configure_logging
+
+log = logging.getLogger("roomcast")
 
 
 def _event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -181,12 +184,19 @@ def tune_gc(threshold: int) -> None:
     """Collect garbage cycles less often than Python's default (every 700 allocations).
 
     A server holding thousands of connections and messages spends much of its time in
-    the collector otherwise: measured with `roomcast bench`, (50,000, 50, 100) halves
-    the CPU per handshake and takes the many-rooms p99 from ~235 to ~40 ms
+    the collector otherwise: measured with `bench/ab.py`, (50,000, 50, 100) takes 40%
+    off the CPU per handshake and the many-rooms p99 from ~235 to ~48 ms
     (docs/performance.md). roomcast makes few cycles, so little garbage waits longer.
     """
     if threshold:
         gc.set_threshold(threshold, 50, 100)
+
+
+def freeze_startup() -> None:
+    """Collect what start-up left behind, then move everything still alive out of the
+    collector's sight: it lives as long as the process, so scanning it again is waste."""
+    gc.collect()
+    gc.freeze()
 
 
 async def _serve(settings: Settings) -> int:
@@ -202,7 +212,12 @@ async def _serve(settings: Settings) -> int:
         print(f"roomcast: cannot listen on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
         return 1
     if settings.gc_threshold:
-        gc.freeze()  # what start-up made lives as long as the process: never scan it again
+        freeze_startup()
+    log.debug(
+        "garbage collector: thresholds %s, %d start-up objects frozen",
+        gc.get_threshold(),
+        gc.get_freeze_count(),
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -168,7 +168,8 @@ class Settings:
         default=50_000,
         metadata={
             "help": "`roomcast serve` only: allocations between young garbage collections "
-            "(older ones run 50 and 100 times rarer); 0 keeps Python's (700, 10, 10)"
+            "(older ones run 50 and 100 times rarer), and start-up objects frozen; 0 keeps "
+            "Python's (700, 10, 10) and freezes nothing"
         },
     )
     log_level: str = field(default="info", metadata={"help": "debug, info, warning or error"})

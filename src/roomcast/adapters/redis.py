@@ -672,8 +672,15 @@ class RedisBroker:
         if self._rooms.pop(channel, None) is None or not self.connected:
             return
         self._leaving[channel] = self._leaving.get(channel, 0) + 1
-        with contextlib.suppress(RedisError, OSError):
+        try:
             await self._command("unsubscribe", channel)
+        except Exception as exc:  # best effort: a stray publication for it is ignored
+            log.debug("redis broker: unsubscribe from %s failed (%r)", channel, exc)
+            left = self._leaving.get(channel, 0) - 1  # no reply will come for this one
+            if left > 0:
+                self._leaving[channel] = left
+            else:
+                self._leaving.pop(channel, None)
 
     async def _command(self, verb: str, *channels: str) -> None:
         method = getattr(self._pubsub, self._kind + verb)
@@ -773,6 +780,10 @@ class RedisBroker:
                 # it as a lost link, so the room is resubscribed and its gap filled.
                 raise ConnectionError(f"redis dropped the subscription to {channel}")
             elif kind in ("subscribe", "ssubscribe"):
+                # Replies come in order: any UNSUBSCRIBE of ours sent before this
+                # SUBSCRIBE has been answered by now (or was never sent, e.g. a Cluster
+                # shard that did not hold it); a later unsubscribe reply is not ours.
+                self._leaving.pop(channel, None)
                 futures = self._confirm.get(channel)
                 if futures:
                     future = futures.pop(0)

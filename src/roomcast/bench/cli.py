@@ -157,8 +157,8 @@ def _row(r: dict[str, Any]) -> str:
     flag = " INVALID: " + "; ".join(r["invalid"]) if r.get("invalid") else ""
     ratio = f" (×{r['x_baseline']:.2f} bare)" if "x_baseline" in r else ""
     who = r.get("server", "roomcast")
-    wait = r.get("server_send_wait_ms")
-    waited = f" (server's wait p99 ≤ {wait['p99']:g} ms)" if wait and wait["passes"] else ""
+    wait = scenarios.wait_text(r.get("server_send_wait_ms"))
+    waited = f" (server's wait p99 {wait})" if wait else ""
     if r["scenario"] == "fanout":
         lat = r["latency_ms"]
         return (

@@ -31,7 +31,8 @@ def machine_info() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             continue
     return {
-        "nproc": len(os.sched_getaffinity(0)),
+        "cpus": os.cpu_count(),
+        "nproc": len(os.sched_getaffinity(0)),  # the CPUs this process may run on
         "cpu_model": model,
         "kernel": platform.release(),
         "python": platform.python_version(),
@@ -41,12 +42,12 @@ def machine_info() -> dict[str, Any]:
 
 
 def git_commit(where: Path | None = None) -> str:
-    """The checked-out commit of the repository at `where` (default: this file's), or
-    "unknown" outside a git checkout (an installed package)."""
+    """The checked-out commit of the repository at `where` (default: this file's), with
+    "-dirty" when it has uncommitted changes; "unknown" outside a git checkout."""
     where = where or Path(__file__).resolve().parent
     try:
         proc = subprocess.run(
-            ["git", "-C", str(where), "rev-parse", "--short", "HEAD"],
+            ["git", "-C", str(where), "describe", "--always", "--dirty"],
             capture_output=True,
             text=True,
             check=False,

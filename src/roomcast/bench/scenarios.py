@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import resource
 import socket
@@ -141,21 +142,28 @@ def send_wait_buckets(urls: list[str]) -> dict[float, float] | None:
 
 def send_wait_ms(
     before: dict[float, float] | None, after: dict[float, float] | None
-) -> dict[str, float] | None:
-    """p50 and p99 of the write passes between two scrapes, as the upper bound of the
-    histogram bucket they fall in (ms; inf past the last bound), and the pass count."""
+) -> dict[str, float | None] | None:
+    """p50 and p99 of the write passes between two scrapes, as the upper bound (ms) of
+    the histogram bucket they fall in, None past the last finite bound; and the number
+    of passes. None when either scrape found no histogram."""
     if before is None or after is None:
         return None
     bounds = sorted(after)
     counts = [after[b] - before.get(b, 0.0) for b in bounds]
     passes = counts[-1] if counts else 0.0
-    out: dict[str, float] = {"passes": passes}
+    out: dict[str, float | None] = {"passes": passes}
     for name, q in (("p50", 0.5), ("p99", 0.99)):
-        out[name] = next(
-            (b * 1000 for b, c in zip(bounds, counts, strict=True) if c >= q * passes and passes),
-            0.0,
-        )
+        bound = next((b for b, c in zip(bounds, counts, strict=True) if c >= q * passes), None)
+        out[name] = None if bound is None or not passes or bound == math.inf else bound * 1000
     return out
+
+
+def wait_text(wait: dict[str, float | None] | None) -> str:
+    """A send-wait p99 for a table: "≤ 10 ms", "> 1000 ms", or "" without one."""
+    if not wait or not wait["passes"]:
+        return ""
+    p99 = wait["p99"]
+    return f"≤ {p99:g} ms" if p99 is not None else "> 1000 ms"
 
 
 class Meter:
@@ -165,7 +173,7 @@ class Meter:
     def __init__(self, pids: list[int], urls: list[str] | None = None) -> None:
         self.pids = pids
         self.urls = urls or []
-        self.send_wait: dict[str, float] | None = None
+        self.send_wait: dict[str, float | None] | None = None
 
     def __enter__(self) -> Meter:
         self.waits0 = send_wait_buckets(self.urls) if self.urls else None

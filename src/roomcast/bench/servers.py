@@ -227,11 +227,12 @@ async def serve_roomcast(port: int) -> None:
         presence_broadcast_max=10,
         drain_time=0.0,
     )
-    from roomcast.cli import tune_gc
+    from roomcast.cli import freeze_startup, tune_gc
 
     tune_gc(settings.gc_threshold)  # as `roomcast serve` does
     server = RoomcastServer(settings)
     await server.start()
+    freeze_startup()
     ready(port)
     await asyncio.Event().wait()
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from time import perf_counter
 from typing import cast
 
 log = logging.getLogger("roomcast.outbox")
@@ -46,11 +47,13 @@ class Flusher:
         self._dirty.append(box)
         if not self._scheduled:
             self._scheduled = True
-            self._since = self._loop.time()
+            self._since = perf_counter()  # uvloop's loop.time() ticks in whole ms
             self._loop.call_soon(self.flush)
 
     def flush(self) -> None:
+        # Read first: a close during the pass may queue frames and mark() a next pass.
         self._scheduled = False
+        since = self._since
         dirty, self._dirty = self._dirty, []
         for box in dirty:
             try:
@@ -59,7 +62,7 @@ class Flusher:
                 log.exception("flushing a connection failed")
                 box.abort()
         if self._observe is not None:
-            self._observe(self._loop.time() - self._since)
+            self._observe(perf_counter() - since)
 
 
 class Outbox:
