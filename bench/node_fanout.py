@@ -29,7 +29,6 @@ from typing import Any
 from roomcast.bench.report import header
 from roomcast.bench.scenarios import (
     bare_server,
-    cpu_ticks,
     listener_pids,
     send_wait_buckets,
     send_wait_ms,
@@ -43,23 +42,23 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 def measure(port: int, pids: list[int], args: argparse.Namespace, rate: float) -> dict[str, Any]:
     node = shutil.which("node") or "node"
     cmd = [node, str(SCRIPT), "--ports", str(port), "--receivers", str(args.receivers)]
+    cmd += ["--pids", ",".join(map(str, pids))]
     cmd += ["--rate", str(rate), "--duration", str(args.duration), "--warmup", str(args.warmup)]
     gen = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     if args.gen_cpus:
         os.sched_setaffinity(gen.pid, args.gen_cpus)
     assert gen.stdout is not None
+    # The generator reads the clock and the CPU ticks itself when it starts and stops
+    # counting; the send-wait histogram is scraped here once each mark arrives.
     marks: dict[str, tuple[float, int, int]] = {}
     waits: dict[str, dict[float, float] | None] = {}
     result: dict[str, Any] = {}
     url = f"ws://127.0.0.1:{port}/"
     for line in gen.stdout:
         if line.startswith("WINDOW_"):
-            mark = line.split()[0]
-            if mark == "WINDOW_START":  # the scrape's own cost stays out of the CPU window
-                waits[mark] = send_wait_buckets([url])
-            marks[mark] = (time.monotonic(), sum(cpu_ticks(p) for p in pids), cpu_ticks(gen.pid))
-            if mark == "WINDOW_END":
-                waits[mark] = send_wait_buckets([url])
+            mark, wall_ms, server_ticks, own_ticks = line.split()
+            marks[mark] = (int(wall_ms) / 1000, int(server_ticks), int(own_ticks))
+            waits[mark] = send_wait_buckets([url])
         elif line.startswith("{"):
             result = json.loads(line)
     gen.wait(30)

@@ -1,9 +1,13 @@
 // Fan-out load generator on Node's `ws` (faster per frame than any Python client):
 // one sender at a fixed rate, N receivers in one room, all on 127.0.0.1.
-// Prints "WINDOW_START <ns>" and "WINDOW_END <ns>" when the measured window opens and
-// closes (the caller samples the server's CPU then), and a JSON line of results.
+// Prints "WINDOW_START <ms> <ticks> <own ticks>" and "WINDOW_END ..." when the measured
+// window opens and closes: wall time, the CPU ticks of the --pids processes (the
+// server's) and of this process, read at the very moment counting starts and stops, so
+// the deliveries and the CPU belong to the same window even when this process runs
+// late; then a JSON line of results.
 //
-//   node fanout.mjs --ports 8080 --receivers 1000 --rate 400 --duration 8 --warmup 2
+//   node fanout.mjs --ports 8080 --pids 1234 --receivers 1000 --rate 400 --duration 8
+import { readFileSync } from "node:fs";
 import { WebSocket } from "ws";
 
 const args = Object.fromEntries(
@@ -18,6 +22,16 @@ const rate = Number(args.rate ?? 200);
 const duration = Number(args.duration ?? 8);
 const warmup = Number(args.warmup ?? 2);
 const tail = 1;
+const pids = String(args.pids ?? "").split(",").filter(Boolean);
+
+// utime + stime of a process, in clock ticks (fields 14 and 15 of /proc/PID/stat).
+function ticks(pid) {
+  const stat = readFileSync(`/proc/${pid}/stat`, "latin1");
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return Number(fields[11]) + Number(fields[12]);
+}
+const mark = (name) =>
+  console.log(`${name} ${Date.now()} ${pids.reduce((sum, pid) => sum + ticks(pid), 0)} ${ticks("self")}`);
 const room = args.room ?? "bench-node";
 const ack = args.ack ?? "history";
 const now = () => process.hrtime.bigint();
@@ -101,12 +115,12 @@ for (let k = 0; k < total; k++) {
   while (Number(now()) < due) await new Promise((r) => setImmediate(r));
   maxLag = Math.max(maxLag, (Number(now()) - due) / 1e6);
   if (k === k0) {
+    mark("WINDOW_START");
     counting = true;
-    console.log(`WINDOW_START ${Date.now()}`);
   }
   if (k === k1) {
     counting = false;
-    console.log(`WINDOW_END ${Date.now()}`);
+    mark("WINDOW_END");
   }
   const stamp = `${String(k).padStart(8, "0")} ${String(wall()).padStart(19, "0")}`;
   sender.send(JSON.stringify({
