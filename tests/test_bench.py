@@ -144,3 +144,28 @@ def test_memory_breaks_an_idle_connection_down_by_package() -> None:
     assert "100 idle joined connections" in stdout
     assert "| aiohttp |" in stdout
     assert "| roomcast |" in stdout
+
+
+def test_reports_name_the_commit_and_whether_code_had_changed(tmp_path: Path) -> None:
+    """A benchmark's report names the commit; "-dirty" when code had uncommitted
+    changes, not when only bench/results/ did (benchmarks write there)."""
+    from roomcast.bench.report import git_commit
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(tmp_path), *args], capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    assert git_commit(tmp_path) == "unknown"  # not a checkout
+    (tmp_path / "bench" / "results").mkdir(parents=True)
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "bench" / "results" / "old.json").write_text("{}\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@example.org", "commit", "-qm", "one")
+    head = git("rev-parse", "--short", "HEAD")
+    assert git_commit(tmp_path) == head
+    (tmp_path / "bench" / "results" / "old.json").write_text('{"new": 1}\n')
+    assert git_commit(tmp_path / "bench") == head
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_commit(tmp_path) == f"{head}-dirty"

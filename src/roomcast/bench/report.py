@@ -43,18 +43,24 @@ def machine_info() -> dict[str, Any]:
 
 def git_commit(where: Path | None = None) -> str:
     """The checked-out commit of the repository at `where` (default: this file's), with
-    "-dirty" when it has uncommitted changes; "unknown" outside a git checkout."""
+    "-dirty" when files other than bench/results/ have uncommitted changes (results are
+    what benchmarks write); "unknown" outside a git checkout."""
     where = where or Path(__file__).resolve().parent
-    try:
-        proc = subprocess.run(
-            ["git", "-C", str(where), "describe", "--always", "--dirty"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-    except OSError:
+
+    def git(*args: str) -> str | None:
+        try:
+            proc = subprocess.run(
+                ["git", "-C", str(where), *args], capture_output=True, text=True, check=False
+            )
+        except OSError:
+            return None
+        return proc.stdout.strip() if proc.returncode == 0 else None
+
+    commit = git("rev-parse", "--short", "HEAD")
+    if commit is None:
         return "unknown"
-    return proc.stdout.strip() if proc.returncode == 0 else "unknown"
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ":/", ":/!bench/results")
+    return f"{commit}-dirty" if changed else commit
 
 
 def header() -> dict[str, Any]:
