@@ -20,6 +20,7 @@ import datetime as dt
 import json
 import os
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -63,8 +64,13 @@ def one(scenario: str, extra: str, bench_args: list[str], cpus: tuple[int, int])
             run = subprocess.Popen(
                 [*gen, "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
             )
-            os.sched_setaffinity(run.pid, {cpus[1]})
-            run.communicate()
+            try:
+                os.sched_setaffinity(run.pid, {cpus[1]})
+                run.communicate()
+            finally:
+                if run.poll() is None:  # interrupted: stop the generator too
+                    run.terminate()
+                    run.wait(15)
             if run.returncode != 0:
                 raise RuntimeError(f"roomcast bench {scenario} failed")
             result: dict[str, Any] = json.loads(out.read_text())["results"][0]
@@ -75,6 +81,8 @@ def one(scenario: str, extra: str, bench_args: list[str], cpus: tuple[int, int])
 
 
 def main() -> None:
+    # SIGTERM stops it like Ctrl-C: the server of the run under way is stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("scenario", choices=sorted(COST))
     parser.add_argument("--a", default="--gc-threshold 0", help="serve flags of A")

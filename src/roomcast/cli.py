@@ -184,8 +184,8 @@ def tune_gc(threshold: int) -> None:
     """Collect garbage cycles less often than Python's default (every 700 allocations).
 
     A server holding thousands of connections and messages spends much of its time in
-    the collector otherwise: measured with `bench/ab.py`, (50,000, 50, 100) takes 40%
-    off the CPU per handshake and the many-rooms p99 from ~235 to ~48 ms
+    the collector otherwise: measured with `bench/ab.py`, (50,000, 50, 100) takes ~40%
+    off the CPU per handshake and the many-rooms p99 from ~230 to ~40 ms
     (docs/performance.md). roomcast makes few cycles, so little garbage waits longer.
     """
     if threshold:
