@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import NodeProcess
+from tests.cluster import NodeProcess, needs_redis, prefix
 from tests.helpers import timeout
 
 pytestmark = pytest.mark.slow
@@ -108,6 +108,34 @@ def test_every_scenario_runs_against_a_bare_baseline_too(
         assert ours["server_send_wait_ms"]["passes"] > 0
         assert bare["server_send_wait_ms"] is None
     assert ours["x_baseline"] == ours[cost] / bare[cost]
+
+
+@needs_redis
+def test_fanout_over_two_nodes_joined_by_redis(redis_url: str, tmp_path: Path) -> None:
+    """The multi-node scenario: receivers spread over two nodes sharing the room through
+    Redis; every message reaches every receiver once, and both nodes' CPU is counted."""
+    key_prefix = prefix()
+    nodes = [NodeProcess(redis_url, key_prefix, "--max-connections-per-ip", "1000000")]
+    nodes.append(NodeProcess(redis_url, key_prefix, "--max-connections-per-ip", "1000000"))
+    try:
+        for node in nodes:
+            node.start()
+        out = tmp_path / "report.json"
+        python(
+            "-m", "roomcast", "bench", "fanout", "--quick", "--rate", "50",
+            "--url", nodes[0].url, "--url", nodes[1].url, "--out", str(out),
+        )  # fmt: skip
+        report = json.loads(out.read_text())
+        (result,) = report["results"]
+        assert sorted(report["server_pids"]) == sorted(n.proc.pid for n in nodes if n.proc)
+        assert result["nodes"] == 2
+        assert result["connected"] == 200
+        assert (result["lost"], result["duplicates"]) == (0, 0)
+        assert result["deliveries"] > 0
+        assert result["server_send_wait_ms"]["passes"] > 0  # both nodes' /metrics, summed
+    finally:
+        for node in nodes:
+            node.stop()
 
 
 def test_bench_refuses_remote_urls(tmp_path: Path) -> None:
