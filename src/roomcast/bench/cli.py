@@ -6,6 +6,7 @@ write JSON.
     roomcast bench rooms --url ws://127.0.0.1:8080/          # 100 rooms x 10, all sending
     roomcast bench idle --url ws://127.0.0.1:8080/ --connections 10000
     roomcast bench handshakes --url ws://127.0.0.1:8080/ --connections 2000
+    roomcast bench rooms --baseline aiohttp   # then the same on a bare aiohttp server
 
 The server must allow the load: serve it with `--max-message-rate 1e9 --message-burst
 1000000000 --max-connections-per-ip 1000000` (and `ulimit -n` above the connections).
