@@ -20,6 +20,7 @@ import contextlib
 import logging
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -606,9 +607,11 @@ class RedisBroker:
         self._backoff_max = backoff_max
         self._rooms: dict[str, str] = {}  # channel -> room id
         self._confirm: dict[str, list[asyncio.Future[None]]] = {}
-        # UNSUBSCRIBEs sent and not yet answered, per channel: their replies are ours,
-        # even when a join subscribed the channel again in between.
-        self._leaving: dict[str, int] = {}
+        # Per channel, the (un)subscribe commands sent and not yet answered, in the
+        # order they went out ("s" or "u"): an unsubscribe reply that matches one of
+        # ours is not Redis dropping the subscription, even if a join subscribed the
+        # channel again in between.
+        self._sent: dict[str, deque[str]] = {}
         self._pubsub: Any = None
         self._client: Any = None
         self._task: asyncio.Task[None] | None = None
@@ -645,7 +648,7 @@ class RedisBroker:
                 if not f.done():
                     f.set_exception(StoreError("redis broker disconnected"))
         self._confirm.clear()
-        self._leaving.clear()
+        self._sent.clear()
         with contextlib.suppress(RedisError, OSError, RuntimeError):
             if pubsub is not None:
                 await pubsub.aclose()
@@ -664,28 +667,57 @@ class RedisBroker:
         try:
             await self._command("subscribe", channel)
             await asyncio.wait_for(asyncio.shield(future), timeout=5.0)
-        except (RedisError, OSError, TimeoutError) as exc:
-            raise StoreError(f"redis broker: {exc}") from exc
+        except BaseException as exc:
+            # Not confirmed: take the waiter out, or the next join's confirmation
+            # would go to it.
+            waiting = self._confirm.get(channel)
+            if waiting and future in waiting:
+                waiting.remove(future)
+                if not waiting:
+                    del self._confirm[channel]
+            if isinstance(exc, RedisError | OSError | TimeoutError):
+                raise StoreError(f"redis broker: {exc}") from exc
+            raise
 
     async def unsubscribe(self, room_id: str) -> None:
         channel = self.store.channel(room_id)
         if self._rooms.pop(channel, None) is None or not self.connected:
             return
-        self._leaving[channel] = self._leaving.get(channel, 0) + 1
         try:
             await self._command("unsubscribe", channel)
         except Exception as exc:  # best effort: a stray publication for it is ignored
             log.debug("redis broker: unsubscribe from %s failed (%r)", channel, exc)
-            left = self._leaving.get(channel, 0) - 1  # no reply will come for this one
-            if left > 0:
-                self._leaving[channel] = left
-            else:
-                self._leaving.pop(channel, None)
 
     async def _command(self, verb: str, *channels: str) -> None:
-        method = getattr(self._pubsub, self._kind + verb)
+        """Send SUBSCRIBE or UNSUBSCRIBE (sharded on Cluster), noting it per channel."""
+        mark = verb[0]  # "s" or "u"
         async with self._lock:  # redis-py's cluster pub/sub: no read during a (un)subscribe
-            await method(*channels)
+            pubsub = self._pubsub  # the current connection's, looked up under the lock
+            if pubsub is None:
+                raise ConnectionError("redis broker is not connected")
+            for channel in channels:
+                self._sent.setdefault(channel, deque()).append(mark)
+            try:
+                await getattr(pubsub, self._kind + verb)(*channels)
+            except BaseException:
+                for channel in channels:  # not sent: no reply will come for it
+                    sent = self._sent.get(channel)
+                    if sent and sent[-1] == mark:
+                        sent.pop()
+                raise
+
+    def _answered(self, channel: str, mark: str) -> bool:
+        """A reply of kind `mark` for `channel` arrived: True if it answers a command of
+        ours. Commands of the other kind sent before it whose replies never came (a
+        Cluster shard that did not hold the channel) are forgotten on the way."""
+        sent = self._sent.get(channel)
+        if not sent or mark not in sent:
+            return False
+        while sent.popleft() != mark:
+            pass
+        if not sent:
+            del self._sent[channel]
+        return True
 
     async def _connect(self) -> None:
         if self.store.target.cluster:
@@ -771,19 +803,13 @@ class RedisBroker:
                         log.exception("redis broker: a publication on %s failed", channel)
             elif kind == "pong":
                 ping_sent = None
-            elif kind in ("unsubscribe", "sunsubscribe") and self._leaving.get(channel):
-                self._leaving[channel] -= 1
-                if not self._leaving[channel]:
-                    del self._leaving[channel]
-            elif kind in ("unsubscribe", "sunsubscribe") and channel in self._rooms:
-                # Not asked for (Redis Cluster moved the slot, or a failover): treat
-                # it as a lost link, so the room is resubscribed and its gap filled.
-                raise ConnectionError(f"redis dropped the subscription to {channel}")
+            elif kind in ("unsubscribe", "sunsubscribe"):
+                if not self._answered(channel, "u") and channel in self._rooms:
+                    # Not asked for (Redis Cluster moved the slot, or a failover): treat
+                    # it as a lost link, so the room is resubscribed and its gap filled.
+                    raise ConnectionError(f"redis dropped the subscription to {channel}")
             elif kind in ("subscribe", "ssubscribe"):
-                # Replies come in order: any UNSUBSCRIBE of ours sent before this
-                # SUBSCRIBE has been answered by now (or was never sent, e.g. a Cluster
-                # shard that did not hold it); a later unsubscribe reply is not ours.
-                self._leaving.pop(channel, None)
+                self._answered(channel, "s")
                 futures = self._confirm.get(channel)
                 if futures:
                     future = futures.pop(0)
