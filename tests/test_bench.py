@@ -4,6 +4,7 @@ writes a report with figures. (Speed is measured by the benchmark, never asserte
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -174,14 +175,24 @@ def test_memory_breaks_an_idle_connection_down_by_package() -> None:
     assert "| roomcast |" in stdout
 
 
-def test_reports_name_the_commit_and_whether_code_had_changed(tmp_path: Path) -> None:
+def test_reports_name_the_commit_and_whether_code_had_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A benchmark's report names the commit; "-dirty" when code had uncommitted
-    changes, not when only bench/results/ did (benchmarks write there)."""
+    changes anywhere in the checkout, not when only bench/results/ did (benchmarks
+    write there)."""
     from roomcast.bench.report import git_commit
+
+    for name in [n for n in os.environ if n.startswith("GIT_")]:
+        monkeypatch.delenv(name)  # e.g. GIT_DIR from a hook must not point elsewhere
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
 
     def git(*args: str) -> str:
         return subprocess.run(
-            ["git", "-C", str(tmp_path), *args], capture_output=True, text=True, check=True
+            ["git", "-C", str(tmp_path), "-c", "commit.gpgsign=false", *args],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
 
     assert git_commit(tmp_path) == "unknown"  # not a checkout
@@ -197,3 +208,4 @@ def test_reports_name_the_commit_and_whether_code_had_changed(tmp_path: Path) ->
     assert git_commit(tmp_path / "bench") == head
     (tmp_path / "code.py").write_text("x = 2\n")
     assert git_commit(tmp_path) == f"{head}-dirty"
+    assert git_commit(tmp_path / "bench") == f"{head}-dirty"  # seen from a subfolder too

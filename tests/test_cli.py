@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -174,14 +175,22 @@ def _gc_report(*args: str, cwd: Path) -> str:
         stderr=subprocess.STDOUT,
         text=True,
     ) as proc:
-        assert proc.stdout is not None
-        lines = []
-        for line in proc.stdout:
-            lines.append(line)
-            if "serving" in line:
-                break
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout(10)) == 0
+        killer = threading.Timer(timeout(30), proc.kill)  # no banner: stop waiting for it
+        killer.start()
+        try:
+            assert proc.stdout is not None
+            lines = []
+            for line in proc.stdout:
+                lines.append(line)
+                if "serving" in line:
+                    break
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout(10)) == 0
+        finally:
+            killer.cancel()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     found = [line for line in lines if "garbage collector:" in line]
     assert found, "".join(lines)
     return found[0]
