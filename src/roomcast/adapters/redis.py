@@ -606,12 +606,12 @@ class RedisBroker:
         self._on_reset = on_reset
         self._backoff_max = backoff_max
         self._rooms: dict[str, str] = {}  # channel -> room id
-        self._confirm: dict[str, list[asyncio.Future[None]]] = {}
         # Per channel, the (un)subscribe commands sent and not yet answered, in the
-        # order they went out ("s" or "u"): an unsubscribe reply that matches one of
-        # ours is not Redis dropping the subscription, even if a join subscribed the
-        # channel again in between.
-        self._sent: dict[str, deque[str]] = {}
+        # order they went out: ("s" or "u", the subscriber waiting for its reply). Each
+        # reply is matched to its command: a subscribe reply confirms its own waiter,
+        # and an unsubscribe reply that matches one of ours is not Redis dropping the
+        # subscription, even if a join subscribed the channel again in between.
+        self._sent: dict[str, deque[tuple[str, asyncio.Future[None] | None]]] = {}
         self._pubsub: Any = None
         self._client: Any = None
         self._task: asyncio.Task[None] | None = None
@@ -643,11 +643,10 @@ class RedisBroker:
     async def _drop(self) -> None:
         self.connected = False
         pubsub, client, self._pubsub, self._client = self._pubsub, self._client, None, None
-        for futures in self._confirm.values():
-            for f in futures:
-                if not f.done():
-                    f.set_exception(StoreError("redis broker disconnected"))
-        self._confirm.clear()
+        for sent in self._sent.values():
+            for _, waiter in sent:
+                if waiter is not None and not waiter.done():
+                    waiter.set_exception(StoreError("redis broker disconnected"))
         self._sent.clear()
         with contextlib.suppress(RedisError, OSError, RuntimeError):
             if pubsub is not None:
@@ -663,21 +662,11 @@ class RedisBroker:
         if not self.connected:
             raise StoreError("redis broker is not connected")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._confirm.setdefault(channel, []).append(future)
         try:
-            await self._command("subscribe", channel)
+            await self._command("subscribe", channel, waiter=future)
             await asyncio.wait_for(asyncio.shield(future), timeout=5.0)
-        except BaseException as exc:
-            # Not confirmed: take the waiter out, or the next join's confirmation
-            # would go to it.
-            waiting = self._confirm.get(channel)
-            if waiting and future in waiting:
-                waiting.remove(future)
-                if not waiting:
-                    del self._confirm[channel]
-            if isinstance(exc, RedisError | OSError | TimeoutError):
-                raise StoreError(f"redis broker: {exc}") from exc
-            raise
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise StoreError(f"redis broker: {exc}") from exc
 
     async def unsubscribe(self, room_id: str) -> None:
         channel = self.store.channel(room_id)
@@ -688,35 +677,42 @@ class RedisBroker:
         except Exception as exc:  # best effort: a stray publication for it is ignored
             log.debug("redis broker: unsubscribe from %s failed (%r)", channel, exc)
 
-    async def _command(self, verb: str, *channels: str) -> None:
-        """Send SUBSCRIBE or UNSUBSCRIBE (sharded on Cluster), noting it per channel."""
-        mark = verb[0]  # "s" or "u"
+    async def _command(
+        self, verb: str, *channels: str, waiter: asyncio.Future[None] | None = None
+    ) -> None:
+        """Send SUBSCRIBE or UNSUBSCRIBE (sharded on Cluster), noting it per channel;
+        `waiter` (one channel only) gets the subscribe reply."""
+        entry = (verb[0], waiter)  # "s" or "u"
         async with self._lock:  # redis-py's cluster pub/sub: no read during a (un)subscribe
             pubsub = self._pubsub  # the current connection's, looked up under the lock
             if pubsub is None:
                 raise ConnectionError("redis broker is not connected")
             for channel in channels:
-                self._sent.setdefault(channel, deque()).append(mark)
+                self._sent.setdefault(channel, deque()).append(entry)
             try:
                 await getattr(pubsub, self._kind + verb)(*channels)
             except BaseException:
                 for channel in channels:  # not sent: no reply will come for it
                     sent = self._sent.get(channel)
-                    if sent and sent[-1] == mark:
+                    if sent and sent[-1] is entry:
                         sent.pop()
                 raise
 
     def _answered(self, channel: str, mark: str) -> bool:
-        """A reply of kind `mark` for `channel` arrived: True if it answers a command of
-        ours. Commands of the other kind sent before it whose replies never came (a
-        Cluster shard that did not hold the channel) are forgotten on the way."""
+        """A reply of kind `mark` ("s" or "u") for `channel` arrived: True if it answers
+        a command of ours, whose waiter it then confirms. Commands of the other kind
+        sent before it whose replies never came (a Cluster shard that did not hold the
+        channel) are forgotten on the way."""
         sent = self._sent.get(channel)
-        if not sent or mark not in sent:
+        if not sent or all(kind != mark for kind, _ in sent):
             return False
-        while sent.popleft() != mark:
-            pass
+        kind, waiter = sent.popleft()
+        while kind != mark:
+            kind, waiter = sent.popleft()
         if not sent:
             del self._sent[channel]
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
         return True
 
     async def _connect(self) -> None:
@@ -810,10 +806,3 @@ class RedisBroker:
                     raise ConnectionError(f"redis dropped the subscription to {channel}")
             elif kind in ("subscribe", "ssubscribe"):
                 self._answered(channel, "s")
-                futures = self._confirm.get(channel)
-                if futures:
-                    future = futures.pop(0)
-                    if not futures:
-                        del self._confirm[channel]
-                    if not future.done():
-                        future.set_result(None)
