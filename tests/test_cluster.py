@@ -14,9 +14,9 @@ import aiohttp
 import pytest
 import redis
 
-from roomcast.adapters.redis import RedisBroker, RedisStore
+from roomcast.adapters.redis import RedisBroker, RedisLink, RedisStore
 from roomcast.core.errors import ClientError
-from roomcast.runtime.shared import SharedNode
+from roomcast.core.wire import EventPub, Publication
 from roomcast.testing import TEST_ADMIN_TOKEN, running_server
 from tests.cluster import (
     ADMIN,
@@ -548,7 +548,7 @@ async def test_redis_cluster_sharded_pub_sub(tmp_path: Path) -> None:
         shards = set()
         probe = redis.RedisCluster(host="127.0.0.1", port=servers.servers[0].port)
         for room in rooms:
-            shards.add(probe.keyslot(f"{key_prefix}{{{room}}}:ev") * 3 // 16384)
+            shards.add(probe.keyslot(f"{key_prefix}v1:{{{room}}}:ev") * 3 // 16384)
         assert len(shards) > 1  # the rooms really are on different primaries
         on_a = [await connect(a) for _ in rooms]
         on_b = [await connect(b) for _ in rooms]
@@ -635,18 +635,16 @@ async def test_a_missed_publication_is_filled_from_the_history(redis_url: str) -
         await client.join("gap", "u")
         await client.send("SEND_MESSAGE", userId="u", roomId="gap", message="one")
         assert (await collect_chats(client, 1))[0]["offset"] == 1
-        silent = RedisStore(redis_url, prefix=key_prefix)
+        silent = RedisStore(RedisLink(redis_url), prefix=key_prefix, publishes=True)
         await silent.open()
-        silent._publish_cmd = "SPUBLISH"  # a shard channel: the node's SUBSCRIBE misses it
+        silent.link.publish_command = "SPUBLISH"  # a shard channel: the node misses it
         await silent.append("gap", "v", "vic", "two")
         await client.expect_silence(0.3)
         await client.send("SEND_MESSAGE", userId="u", roomId="gap", message="three")
         chats = await collect_chats(client, 2)
         assert [(c["offset"], c["message"]) for c in chats] == [(2, "two"), (3, "three")]
         await client.expect_silence(0.3)
-        node = server.node
-        assert isinstance(node, SharedNode)
-        assert node.gaps_filled == 1
+        assert server.node.delivery.gaps_filled == 1
         await silent.close()
         await client.close()
 
@@ -714,11 +712,10 @@ async def test_an_unsubscribe_answered_after_a_new_subscribe_is_not_a_lost_link(
     SSUBSCRIBE on the channel's shard)."""
     cluster = RedisClusterServers(tmp_path).start() if kind == "cluster" else None
     url = cluster.url if cluster is not None else redis_url
-    store = RedisStore(url, prefix=prefix())
-    await store.open()
-    got: list[bytes] = []
+    got: list[Publication] = []
     resets: list[None] = []
-    broker = RedisBroker(store, lambda room, data: got.append(data), lambda: resets.append(None))
+    broker = RedisBroker(RedisLink(url), prefix=prefix())
+    broker.bind(got.append, lambda: resets.append(None))
     await broker.open()
     try:
         assert await wait_until(lambda: broker.connected)
@@ -728,19 +725,18 @@ async def test_an_unsubscribe_answered_after_a_new_subscribe_is_not_a_lost_link(
             await asyncio.sleep(0)  # its UNSUBSCRIBE goes out first
             await broker.subscribe("r")
             await leave
-        await store.publish("r", b"after")
-        assert await wait_until(lambda: got == [b"after"])
+        await broker.publish(EventPub("r", b'{"after":1}'))
+        assert await wait_until(lambda: got == [EventPub("r", b'{"after":1}')])
         assert (broker.reconnects, resets, broker.connected) == (0, [], True)
     finally:
         await broker.close()
-        await store.close()
         if cluster is not None:
             cluster.stop()
 
 
 async def test_the_append_script_enforces_mutes_and_cooldowns(redis_url: str) -> None:
     """Mutes and cooldowns are checked inside Redis, whatever a node has cached."""
-    store = RedisStore(redis_url, prefix=prefix())
+    store = RedisStore(RedisLink(redis_url), prefix=prefix())
     await store.open()
     await store.set_mute("m", "mallory", int(time.time() * 1000) + 60_000)
     with pytest.raises(ClientError) as muted:

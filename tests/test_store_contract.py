@@ -10,7 +10,7 @@ import pytest
 
 from roomcast.adapters import UnsupportedURL, open_store
 from roomcast.adapters.memory import MemoryStore
-from roomcast.adapters.redis import RedisStore
+from roomcast.adapters.redis import RedisLink, RedisStore
 from roomcast.adapters.sqlite import SqliteStore
 from roomcast.core.errors import StoreError, StoreOverloaded, UnknownChat
 from roomcast.ports import Store
@@ -26,7 +26,7 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Factory:
     if request.param == "redis":
         url = request.getfixturevalue("redis_url")
         key_prefix = prefix()  # one per test: stores made by one factory share it
-        return lambda: RedisStore(url, prefix=key_prefix)
+        return lambda: RedisStore(RedisLink(url), prefix=key_prefix)
     return lambda: SqliteStore(str(tmp_path / "rooms.db"))
 
 
@@ -261,7 +261,7 @@ async def test_memory_history_is_bounded() -> None:
 async def test_redis_history_is_bounded_by_size_and_age(redis_url: str) -> None:
     """history_max keeps the newest N (older ones are gone, resumes say incomplete);
     history_max_age drops what is older, on the next append."""
-    by_size = RedisStore(redis_url, prefix=prefix(), history_max=3)
+    by_size = RedisStore(RedisLink(redis_url), prefix=prefix(), history_max=3)
     await by_size.open()
     for i in range(5):
         await by_size.append("r", "u", "n", f"m{i}", f"c{i}")
@@ -273,7 +273,7 @@ async def test_redis_history_is_bounded_by_size_and_age(redis_url: str) -> None:
     assert not retry.duplicate
     await by_size.close()
 
-    by_age = RedisStore(redis_url, prefix=prefix(), history_max_age=0.2)
+    by_age = RedisStore(RedisLink(redis_url), prefix=prefix(), history_max_age=0.2)
     await by_age.open()
     await by_age.append("r", "u", "n", "old")
     await asyncio.sleep(0.3)

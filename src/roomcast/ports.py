@@ -6,44 +6,14 @@ keep. `tests/test_store_contract.py` runs one conformance suite over every adapt
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
-from msgspec import Struct
-
+from roomcast.core.model import Appended, HistoryPage, StoredMessage
 from roomcast.core.rooms import RoomInfo
+from roomcast.core.wire import Publication
 
-
-class StoredMessage(Struct, frozen=True):
-    """One chat message as stored. `offset` counts from 1 per room, without gaps."""
-
-    chat_id: str
-    room_id: str
-    offset: int
-    user_id: str
-    name: str
-    text: str
-    upvotes: int
-    created_at: int  # milliseconds since the Unix epoch
-    answered: bool = False
-    client_msg_id: str | None = None  # the sender's id for retries, if it gave one
-
-
-class HistoryPage(Struct, frozen=True):
-    """A room's recent messages, oldest first, as of one instant."""
-
-    messages: list[StoredMessage]
-    last_offset: int  # offset of the room's newest message; 0 when it has none
-    voted: list[str]  # chat ids among `messages` the asking user voted on
-    alerts: list[StoredMessage] = []  # with alerts=True: claimed, unanswered alerts
-    complete: bool = True  # with after=N: every message with offset > N is in `messages`
-    epoch: str = ""  # the room history's epoch where it has its own; else `Store.epoch`
-
-
-class Appended(Struct, frozen=True):
-    """The result of `append`: the message, and whether it was stored before."""
-
-    message: StoredMessage
-    duplicate: bool = False  # same (room, user, client_msg_id) was appended already
+__all__ = ["Appended", "Broker", "HistoryPage", "Presence", "Store", "StoredMessage"]
 
 
 class Store(Protocol):
@@ -53,6 +23,10 @@ class Store(Protocol):
 
     - `epoch` names this store's history: it changes when the history is lost (a new
       memory store, a new database file), so offsets from another epoch mean nothing.
+      A store whose rooms can lose their history one by one (Redis: FLUSHALL, DEL of a
+      room's keys, eviction, a restart without persistence) gives each room its own
+      epoch, new whenever that room's history is lost; `HistoryPage.epoch` and
+      `Appended.epoch` carry it (empty: the store's `epoch`).
     - `append` assigns the room's next offset (last + 1, starting at 1) and a `chat_id`
       that is a decimal string below 2**53, unique across all rooms of this store. When
       `append` returns, the message is as durable as the adapter can make it; appends to
@@ -73,6 +47,15 @@ class Store(Protocol):
       `complete` says whether that is all of them (False when some were evicted or more
       than `limit` exist); with `newest_if_incomplete`, an incomplete answer holds the
       newest `limit` messages instead (what a client that cannot resume needs).
+    - Who publishes a new message: a store paired with a broker of the same backend that
+      can append and publish atomically (Redis) publishes the `ChatPub` itself, in the
+      same step as storing it, and says so with `Appended.published`; otherwise the
+      node publishes it after `append` returns. Either way it is published exactly once
+      (a duplicate retry is not published again).
+    - A store that several nodes share enforces `cooldown_ms` and `check_mute`
+      atomically with the append (refusing with the COOLDOWN or MUTED error, built by
+      `core.rooms`); a node-local store leaves them to the node, which checks the same
+      rules before it calls `append`.
     - When an adapter cannot take more work it raises `StoreOverloaded` at once instead
       of queueing without bound. Other backend failures raise `StoreError`.
     - Every method is safe to call concurrently from one event loop.
@@ -98,7 +81,15 @@ class Store(Protocol):
         ...
 
     async def append(
-        self, room_id: str, user_id: str, name: str, text: str, client_msg_id: str | None = None
+        self,
+        room_id: str,
+        user_id: str,
+        name: str,
+        text: str,
+        client_msg_id: str | None = None,
+        *,
+        cooldown_ms: int = 0,
+        check_mute: bool = False,
     ) -> Appended:
         """Store a new message at the end of the room's history (see the class doc)."""
         ...
@@ -164,69 +155,76 @@ class Store(Protocol):
         ...
 
 
-class SharedStore(Store, Protocol):
-    """A store several nodes share (Redis). On top of `Store`:
-
-    - `append` also publishes the message to the room's channel, in the same atomic
-      step, and enforces the cooldown and mutes cluster-wide when asked to.
-    - `history` pages carry the room's own `epoch`, which changes when that room's
-      history was lost (e.g. Redis restarted without persistence).
-    - presence is counted per user across nodes; each node says it is alive with
-      `heartbeat`, and what a dead node had counted in is purged by a live one.
-    """
-
-    node_id: str
-
-    async def append(
-        self,
-        room_id: str,
-        user_id: str,
-        name: str,
-        text: str,
-        client_msg_id: str | None = None,
-        *,
-        cooldown_ms: int = 0,
-        check_mute: bool = False,
-        room: RoomInfo | None = None,
-    ) -> Appended:
-        """`Store.append`, plus: publish; refuse with COOLDOWN when this user appended
-        within `cooldown_ms`, or with MUTED when `check_mute` and the user is muted."""
-        ...
-
-    async def publish(self, room_id: str, data: bytes) -> None:
-        """Publish `data` on the room's channel after this node's earlier writes."""
-        ...
-
-    async def presence_join(
-        self, room_id: str, user_id: str, name: str, list_max: int
-    ) -> tuple[bool, int, list[tuple[str, str]]]: ...
-
-    async def presence_leave(self, room_id: str, user_id: str) -> tuple[bool, int]: ...
-
-    async def presence_purge(self, room_id: str, node_id: str) -> tuple[int, list[str]]: ...
-
-    async def presence_nodes(self, room_id: str) -> list[str]: ...
-
-    async def heartbeat(self, ttl: float) -> None: ...
-
-    async def node_alive(self, node_id: str) -> bool: ...
+OnPublication = Callable[[Publication], None]
 
 
 class Broker(Protocol):
-    """Room subscriptions: what other nodes publish reaches this node's rooms.
+    """Carries a room's publications between the nodes that host it.
 
-    The broker calls back `on_message(room_id, data)` for each publication on a room it
-    is subscribed to, in the order Redis delivered them, and `on_reset()` after it
-    reconnected (publications made meanwhile are lost; the node fills the gap)."""
+    Guarantees every adapter keeps:
+
+    - `bind(on_publication, on_reconnect)` is called once, before `open`.
+    - A node subscribes once per room (on its first local member) and unsubscribes on
+      its last; `subscribe` returns once publications on the room reach this node, and
+      raises `StoreError` when it cannot.
+    - Every publication made after a subscription became active, by any node on the
+      same broker (this one included), reaches `on_publication` once, in the order the
+      broker received them; a publication's room is `pub.room_id`.
+    - When the link was lost and is back, every room is subscribed again and then
+      `on_reconnect()` is called: whatever was published meanwhile is lost, and the
+      node fills it from the history. A link that stops answering is found by a
+      liveness check and treated as lost. `connected` is False while it is down.
+    - `publish` returns once the broker took the publication (in this node's order);
+      it raises `StoreError` when it cannot.
+    - Publications received are counted in `received`; malformed or unknown-version
+      ones are dropped and counted in `dropped`.
+    """
 
     connected: bool
+    received: int
+    dropped: int
+    reconnects: int
+
+    def bind(self, on_publication: OnPublication, on_reconnect: Callable[[], None]) -> None: ...
 
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...
 
-    async def subscribe(self, room_id: str) -> None:
-        """Return once the subscription is active; raise StoreError when it cannot be."""
-        ...
+    async def subscribe(self, room_id: str) -> None: ...
 
     async def unsubscribe(self, room_id: str) -> None: ...
+
+    async def publish(self, pub: Publication) -> None: ...
+
+
+class Presence(Protocol):
+    """Who is in a room, across every node that shares the broker, counted per user.
+
+    Guarantees every adapter keeps:
+
+    - `join` counts one connection (`conn_id`, unique on this node) of a user in and
+      returns (was it the user's first connection anywhere, users in the room, up to
+      `list_max` (user id, name) pairs). Joining again with the same `conn_id` counts
+      nothing more.
+    - `leave` counts that connection out and returns (was it the user's last, users
+      left). It is idempotent: a leave of a connection that is not counted changes
+      nothing and returns (False, count), so a leave whose answer was lost can be
+      retried safely.
+    - A shared adapter says this node is alive on its own schedule; `sweep(rooms)`
+      counts out the connections of nodes that stopped saying so (found absent twice in
+      a row) and returns (room, users left, user ids gone) per room that changed.
+    - Backend failures raise `StoreError`.
+    """
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def join(
+        self, room_id: str, user_id: str, name: str, conn_id: str, list_max: int
+    ) -> tuple[bool, int, list[tuple[str, str]]]: ...
+
+    async def leave(self, room_id: str, user_id: str, conn_id: str) -> tuple[bool, int]: ...
+
+    async def sweep(self, rooms: list[str]) -> list[tuple[str, int, list[str]]]: ...

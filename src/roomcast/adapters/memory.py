@@ -10,8 +10,8 @@ from collections import deque
 import msgspec
 
 from roomcast.core.errors import RoomExists, UnknownChat, UnknownRoom
+from roomcast.core.model import Appended, HistoryPage, StoredMessage
 from roomcast.core.rooms import RoomInfo
-from roomcast.ports import Appended, HistoryPage, StoredMessage
 
 
 class _Chat:
@@ -72,7 +72,15 @@ class MemoryStore:
     # ------------------------------------------------------------ messages
 
     async def append(
-        self, room_id: str, user_id: str, name: str, text: str, client_msg_id: str | None = None
+        self,
+        room_id: str,
+        user_id: str,
+        name: str,
+        text: str,
+        client_msg_id: str | None = None,
+        *,
+        cooldown_ms: int = 0,  # a node-local store leaves cooldowns and mutes to the node
+        check_mute: bool = False,
     ) -> Appended:
         room = self._rooms.get(room_id)
         if room is None:

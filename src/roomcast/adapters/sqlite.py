@@ -35,8 +35,8 @@ from roomcast.core.errors import (
     UnknownChat,
     UnknownRoom,
 )
+from roomcast.core.model import Appended, HistoryPage, StoredMessage
 from roomcast.core.rooms import RoomInfo
-from roomcast.ports import Appended, HistoryPage, StoredMessage
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -185,7 +185,15 @@ class SqliteStore:
         return self._epoch
 
     async def append(
-        self, room_id: str, user_id: str, name: str, text: str, client_msg_id: str | None = None
+        self,
+        room_id: str,
+        user_id: str,
+        name: str,
+        text: str,
+        client_msg_id: str | None = None,
+        *,
+        cooldown_ms: int = 0,  # a node-local store leaves cooldowns and mutes to the node
+        check_mute: bool = False,
     ) -> Appended:
         now = int(time.time() * 1000)
         result: Appended = await self._submit(

@@ -150,7 +150,7 @@ class RoomsAPI:
             command = msgspec.convert(body, CreateRoom)
         except msgspec.ValidationError as exc:
             raise ClientError(ErrorCode.INVALID_PAYLOAD, str(exc)) from None
-        room = await self.node.create_room(command)
+        room = await self.node.moderation.create_room(command)
         response = _respond(self.node.room_out(room), 201)
         response.headers["Location"] = f"/api/rooms/{room.room_id}"
         return response
@@ -163,7 +163,7 @@ class RoomsAPI:
             command = msgspec.convert(body, UpdateRoom)
         except msgspec.ValidationError as exc:
             raise ClientError(ErrorCode.INVALID_PAYLOAD, str(exc)) from None
-        room = await self.node.update_room(command)
+        room = await self.node.moderation.update_room(command)
         return _respond(self.node.room_out(room))
 
     async def auth(self, request: web.Request) -> web.Response:

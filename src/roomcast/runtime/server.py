@@ -20,14 +20,14 @@ from typing import Any, Final
 from aiohttp import WSMsgType, hdrs, web
 
 from roomcast import __version__
-from roomcast.adapters import open_store
-from roomcast.config import Settings
+from roomcast.adapters import Backends, build
 from roomcast.core.errors import ClientError, CloseCode, ErrorCode, StoreError
 from roomcast.core.tokens import Identity, TokenVerifier
 from roomcast.ports import Store
 from roomcast.runtime.api import RoomsAPI, error_response
 from roomcast.runtime.frames import binary_frame, text_frame
 from roomcast.runtime.guard import client_address, origin_allowed
+from roomcast.runtime.limits import ServerSettings
 from roomcast.runtime.node import Node
 from roomcast.runtime.outbox import Flusher, Outbox
 from roomcast.runtime.session import Session, token_matches
@@ -65,44 +65,39 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
             response.headers.setdefault(key, value)
 
 
-def _make_node(settings: Settings, store: Store, clock: Callable[[], float], stats: Stats) -> Node:
-    """A single node, or a node of a cluster when the store is shared (Redis)."""
-    if not getattr(store, "shared", False):
-        return Node(settings, store, clock=clock, stats=stats)
-    from roomcast.adapters.redis import RedisBroker, RedisStore
-    from roomcast.runtime.shared import SharedNode
-
-    assert isinstance(store, RedisStore)
-    redis_store = store
-
-    def broker(on_message: Callable[[str, bytes], None], on_reset: Callable[[], None]) -> Any:
-        return RedisBroker(redis_store, on_message, on_reset)
-
-    return SharedNode(settings, redis_store, broker, clock=clock, stats=stats)
-
-
 class RoomcastServer:
     """A running roomcast node: store, hub and listening socket."""
 
     def __init__(
         self,
-        settings: Settings,
+        settings: ServerSettings,
         *,
-        store: Store | None = None,
+        backends: Backends | None = None,
         clock: Callable[[], float] = time.time,
         echo_path: str | None = None,
     ) -> None:
         self.settings = settings
-        self.store: Store = store or open_store(
-            settings.store,
-            history_max=settings.history_max,
-            queue_max=settings.store_queue_max,
-            history_max_age=settings.history_max_age,
-            prefix=settings.redis_prefix,
-            redis_connections=settings.redis_connections,
-        )
+        if backends is None:
+            backends = build(
+                settings.store,
+                settings.broker,
+                history_max=settings.history_max,
+                queue_max=settings.store_queue_max,
+                history_max_age=settings.history_max_age,
+                prefix=settings.redis_prefix,
+                redis_connections=settings.redis_connections,
+                heartbeat=settings.node_heartbeat,
+            )
+        self.store: Store = backends.store
         self.stats = Stats()
-        self.node = _make_node(settings, self.store, clock, self.stats)
+        self.node = Node(
+            settings,
+            backends.store,
+            backends.broker,
+            backends.presence,
+            clock=clock,
+            stats=self.stats,
+        )
         self._lag_task: asyncio.Task[None] | None = None
         self._sockets: dict[web.WebSocketResponse, Outbox] = {}
         self._ids = itertools.count(1)
@@ -228,14 +223,11 @@ class RoomcastServer:
             await asyncio.wait_for(self.store.ping(), timeout=2.0)
         except (StoreError, TimeoutError) as exc:
             return web.json_response({"ready": False, "store": str(exc) or "timeout"}, status=503)
-        broker = getattr(self.node, "broker", None)
-        if broker is not None and not broker.connected:
+        if not self.node.broker.connected:
             return web.json_response(
                 {"ready": False, "store": "ok", "broker": "not connected"}, status=503
             )
-        return web.json_response(
-            {"ready": True, "store": "ok", **({"broker": "ok"} if broker else {})}
-        )
+        return web.json_response({"ready": True, "store": "ok", "broker": "ok"})
 
     async def _metrics(self, request: web.Request) -> web.Response:
         """Prometheus text format."""

@@ -321,26 +321,30 @@ class Session:
 
     async def _create_room(self, command: CreateRoom) -> None:
         self._require_admin()
-        info = await self.node.create_room(command)
+        info = await self.node.moderation.create_room(command)
         self.send("ROOM_CREATED", RoomEventOut(self.node.room_out(info)))
 
     async def _update_room(self, command: UpdateRoom) -> None:
         self._require_admin()
-        info = await self.node.update_room(command)
+        info = await self.node.moderation.update_room(command)
         if info.room_id not in self.rooms:  # members got ROOM_UPDATED already
             self.send("ROOM_UPDATED", RoomEventOut(self.node.room_out(info)))
 
     async def _mark_answered(self, command: MarkAnswered) -> None:
         self._require_admin()
-        await self.node.mark_answered(normalize_id(command.roomId), normalize_id(command.chatId))
+        await self.node.moderation.mark_answered(
+            normalize_id(command.roomId), normalize_id(command.chatId)
+        )
 
     async def _delete_chat(self, command: DeleteChat) -> None:
         self._require_admin()
-        await self.node.delete_chat(normalize_id(command.roomId), normalize_id(command.chatId))
+        await self.node.moderation.delete_chat(
+            normalize_id(command.roomId), normalize_id(command.chatId)
+        )
 
     async def _mute_user(self, command: MuteUser) -> None:
         self._require_admin()
-        await self.node.mute_user(
+        await self.node.moderation.mute_user(
             normalize_id(command.roomId), normalize_id(command.userId), command.seconds
         )
 

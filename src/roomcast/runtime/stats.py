@@ -6,15 +6,15 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from roomcast.runtime.server import RoomcastServer
-
+from roomcast.ports import Broker
+from roomcast.runtime.delivery import Delivery
+from roomcast.runtime.hub import Hub
 
 # Fine below 30 ms, where a fan-out pass's latency target lies.
 SEND_WAIT_BUCKETS: tuple[float, ...] = (0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005)
@@ -47,8 +47,27 @@ class Stats:
         )
 
 
+class ObservedNode(Protocol):
+    hub: Hub
+    broker: Broker
+    delivery: Delivery
+
+
+class Observed(Protocol):
+    """What the collector reads of a server."""
+
+    stats: Stats
+
+    @property
+    def node(self) -> ObservedNode: ...
+
+    def connection_count(self) -> int: ...
+
+    def queued_bytes(self) -> int: ...
+
+
 class _Collector(Collector):
-    def __init__(self, server: RoomcastServer) -> None:
+    def __init__(self, server: Observed) -> None:
         self.server = server
 
     def collect(self) -> Iterator[Metric]:
@@ -92,31 +111,32 @@ class _Collector(Collector):
         yield _gauge(
             "roomcast_event_loop_lag_seconds", "How late the event loop woke up.", stats.loop_lag
         )
-        broker = getattr(server.node, "broker", None)
-        if broker is not None:  # a node sharing rooms through Redis
-            node: Any = server.node
-            yield _gauge(
-                "roomcast_broker_connected", "1 while Redis pub/sub is up.", broker.connected
-            )
-            yield _gauge(
-                "roomcast_broker_subscriptions", "Rooms this node subscribes to.", node.feed_count()
-            )
-            yield _counter(
-                "roomcast_broker_received_total", "Publications received.", broker.received
-            )
-            yield _counter(
-                "roomcast_broker_reconnects_total", "Pub/sub reconnections.", broker.reconnects
-            )
-            yield _counter(
-                "roomcast_gaps_filled_total",
-                "Missed messages found and delivered from the history.",
-                node.gaps_filled,
-            )
-            yield _counter(
-                "roomcast_history_resets_total",
-                "Gaps the history could not fill (members got recovered: false).",
-                node.resets,
-            )
+        yield from _broker(server.node)
+
+
+def _broker(node: ObservedNode) -> Iterator[Metric]:
+    broker, delivery = node.broker, node.delivery
+    yield _gauge("roomcast_broker_connected", "1 while the broker's link is up.", broker.connected)
+    yield _gauge(
+        "roomcast_broker_subscriptions", "Rooms this node subscribes to.", len(delivery.hosted)
+    )
+    yield _counter("roomcast_broker_received_total", "Publications received.", broker.received)
+    yield _counter(
+        "roomcast_broker_dropped_total",
+        "Publications dropped: malformed, or of an inter-node format version not known here.",
+        broker.dropped,
+    )
+    yield _counter("roomcast_broker_reconnects_total", "Broker reconnections.", broker.reconnects)
+    yield _counter(
+        "roomcast_gaps_filled_total",
+        "Missed messages found and delivered from the history.",
+        delivery.gaps_filled,
+    )
+    yield _counter(
+        "roomcast_history_resets_total",
+        "Gaps the history could not fill, or histories lost (members got recovered: false).",
+        delivery.resets,
+    )
 
 
 def _counter(
@@ -137,7 +157,7 @@ def _gauge(name: str, text: str, value: float) -> Metric:
     return GaugeMetricFamily(name, text, value=value)
 
 
-def register(server: RoomcastServer) -> Callable[[], bytes]:
+def register(server: Observed) -> Callable[[], bytes]:
     """Attach the server's collector; returns the function that renders a scrape."""
     server.stats.registry.register(_Collector(server))
     return lambda: generate_latest(server.stats.registry)
