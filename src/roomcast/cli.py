@@ -225,7 +225,7 @@ async def _serve(settings: Settings) -> int:
     host = settings.host if ":" not in settings.host else f"[{settings.host}]"
     print(
         f"roomcast {__version__} serving http://{host}:{server.port}/ and "
-        f"ws://{host}:{server.port}/ (store {settings.store}); Ctrl-C stops it",
+        f"ws://{host}:{server.port}/ (store {server.backends.store_url}); Ctrl-C stops it",
         flush=True,
     )
     if generated:

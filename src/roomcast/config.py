@@ -12,8 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from roomcast.adapters import DEFAULT_STORE, UnsupportedURL, resolve
+
 ENV_PREFIX = "ROOMCAST_"
-DEFAULT_STORE = "sqlite:///roomcast.db"
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,8 +33,8 @@ class Settings:
     broker: str = field(
         default="",
         metadata={
-            "help": "pub/sub between nodes: a redis:// URL, the same as --store (which it "
-            "implies when --store is not set); empty: this node is alone"
+            "help": "pub/sub between nodes: a redis:// URL (Redis for the store too when "
+            "--store is not set); empty: this node is alone"
         },
     )
     node_heartbeat: float = field(
@@ -200,19 +201,10 @@ class Settings:
             raise ValueError("node_heartbeat must be positive")
         if self.history_max_age < 0:
             raise ValueError("history_max_age must be 0 or more")
-        redis_schemes = ("redis://", "rediss://", "redis+cluster://", "rediss+cluster://")
-        if self.broker:
-            if not self.broker.startswith(redis_schemes):
-                raise ValueError("broker must be a redis://, rediss:// or redis+cluster:// URL")
-            if self.store == DEFAULT_STORE:
-                object.__setattr__(self, "store", self.broker)
-            elif self.store != self.broker:
-                raise ValueError(
-                    "broker and store must be the same Redis (messages are stored and "
-                    "published in one step); set only --broker, or only --store"
-                )
-        elif self.store.startswith(redis_schemes):
-            object.__setattr__(self, "broker", self.store)
+        try:  # the adapters' chooser says which pairings work (one place for the rules)
+            resolve(self.store, self.broker)
+        except UnsupportedURL as exc:
+            raise ValueError(str(exc)) from None
         if not 0 <= self.port <= 65535:
             raise ValueError("port must be between 0 and 65535")
         if self.ping_interval < 0 or self.drain_time < 0 or self.shutdown_timeout < 0:

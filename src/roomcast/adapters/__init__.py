@@ -58,6 +58,8 @@ class Backends:
     store: Store
     broker: Broker
     presence: Presence
+    store_url: str = ""
+    broker_url: str = ""  # "" for the local broker
 
 
 def build(
@@ -90,14 +92,14 @@ def build(
     if not broker_url:
         from roomcast.adapters.local import LocalBroker, LocalPresence
 
-        return Backends(store, LocalBroker(), LocalPresence())
+        return Backends(store, LocalBroker(), LocalPresence(), store_url)
     from roomcast.adapters.redis import RedisBroker, RedisLink, RedisPresence
 
     link = store_link if store_url == broker_url and store_link else None
     link = link or RedisLink(broker_url, queue_max=queue_max, max_connections=redis_connections)
     broker = RedisBroker(link, prefix=prefix)
     presence = RedisPresence(link, prefix=prefix, heartbeat=heartbeat)
-    return Backends(store, broker, presence)
+    return Backends(store, broker, presence, store_url, broker_url)
 
 
 def open_store(url: str, *, history_max: int = 10_000, queue_max: int = 10_000) -> Store:

@@ -88,6 +88,7 @@ class RoomcastServer:
                 redis_connections=settings.redis_connections,
                 heartbeat=settings.node_heartbeat,
             )
+        self.backends = backends
         self.store: Store = backends.store
         self.stats = Stats()
         self.node = Node(
