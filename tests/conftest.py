@@ -56,3 +56,17 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield server.url
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private three-primary Redis Cluster for this test run."""
+    from tests.cluster import REDIS_SERVER, RedisClusterServers
+
+    if REDIS_SERVER is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must run the Redis tests: redis-server is not installed")
+        pytest.skip("no redis-server (apt-get install redis-server)")
+    cluster = RedisClusterServers(tmp_path_factory.mktemp("redis-cluster")).start()
+    yield cluster.url
+    cluster.stop()
