@@ -29,8 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from roomcast.bench.measure import free_port, listener_pids
 from roomcast.bench.report import header
-from roomcast.bench.scenarios import free_port, listener_pids
 
 RESULTS = Path(__file__).resolve().parent / "results"
 COST = {

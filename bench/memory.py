@@ -19,7 +19,7 @@ import sys
 import tracemalloc
 from collections import Counter
 
-from roomcast.bench.scenarios import raise_fd_limit
+from roomcast.bench.measure import raise_fd_limit
 from roomcast.testing import running_server
 
 CLIENT = r"""

@@ -10,7 +10,7 @@ latency, loss and the generator's own CPU (a run above 85% of a core is marked i
     python bench/node_fanout.py --port 8080 --baseline aiohttp --rate 400   # same run, bare
 
 Server pids are found from the port (or give --server-pid). With --baseline, a bare
-broadcast server (roomcast.bench.servers) is started on the server's CPUs and measured
+broadcast server (bench/servers.py) is started on the server's CPUs and measured
 right after, for a ratio. Loopback only; everything it starts it stops by pid.
 """
 
@@ -26,16 +26,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from roomcast.bench.baseline import LIBS, bare_server
+from roomcast.bench.measure import listener_pids, send_wait_buckets, send_wait_ms, wait_text
 from roomcast.bench.report import header
-from roomcast.bench.scenarios import (
-    bare_server,
-    listener_pids,
-    send_wait_buckets,
-    send_wait_ms,
-    wait_text,
-)
 
 SCRIPT = Path(__file__).resolve().parent / "node" / "fanout.mjs"
+SERVERS = Path(__file__).resolve().parent / "servers.py"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -82,7 +78,7 @@ def measure(port: int, pids: list[int], args: argparse.Namespace, rate: float) -
 
 
 def baseline(args: argparse.Namespace, rate: float, cpus: set[int]) -> dict[str, Any]:
-    with bare_server(args.baseline, cpus) as (port, pid):
+    with bare_server(SERVERS, args.baseline, cpus) as (port, pid):
         time.sleep(0.2)
         return measure(port, [pid], args, rate)
 
@@ -95,7 +91,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, action="append")
     parser.add_argument("--duration", type=float, default=6.0)
     parser.add_argument("--warmup", type=float, default=2.0)
-    parser.add_argument("--baseline", choices=("aiohttp", "picows", "websockets"))
+    parser.add_argument("--baseline", choices=LIBS)
     parser.add_argument("--gen-cpus", type=int, nargs="*", help="pin the generator")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()

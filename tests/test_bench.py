@@ -154,6 +154,51 @@ def test_bench_refuses_remote_urls(tmp_path: Path) -> None:
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def test_baseline_servers_are_found_in_a_checkout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--baseline runs bench/servers.py of the checkout holding the package's source or
+    the current directory, seen from any folder inside it; never a bench/servers.py of
+    some other project."""
+    from roomcast.bench import baseline
+
+    assert baseline.find_servers() == ROOT / "bench" / "servers.py"  # this checkout
+    monkeypatch.setattr(baseline, "PACKAGE_DIR", tmp_path / "site-packages" / "roomcast")
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "servers.py").write_text("")
+    (tmp_path / "deep" / "er").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "deep" / "er")
+    assert baseline.find_servers() is None  # not roomcast's: no src/roomcast beside it
+    (tmp_path / "src" / "roomcast").mkdir(parents=True)
+    assert baseline.find_servers() == tmp_path / "bench" / "servers.py"
+
+
+def test_baseline_outside_a_checkout_says_so_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An installed roomcast has no bare servers: --baseline stops before measuring
+    anything, with one line and no traceback."""
+    from roomcast.bench import baseline
+    from roomcast.cli import main
+
+    monkeypatch.setattr(baseline, "PACKAGE_DIR", tmp_path / "site-packages" / "roomcast")
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", "idle", "--baseline", "aiohttp", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        "roomcast bench: --baseline needs a checkout of the roomcast repository: "
+        "bench/servers.py not found"
+    ]
+    assert not (tmp_path / "r").exists()
+
+
+def test_bare_servers_run_from_the_checkout() -> None:
+    """bench/servers.py runs as a script of its own (it is not in the package)."""
+    stdout = python(str(ROOT / "bench" / "servers.py"), "--help")
+    assert "--lib" in stdout
+    assert not (ROOT / "src" / "roomcast" / "bench" / "servers.py").exists()
+
+
 def test_ab_compares_two_server_configurations(tmp_path: Path) -> None:
     """bench/ab.py starts each configuration itself and reports the ratio of medians."""
     out = tmp_path / "ab.json"

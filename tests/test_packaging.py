@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import subprocess
 import sys
 import venv
+import zipfile
 from pathlib import Path
 
 from tests.helpers import Client, timeout
@@ -23,6 +25,10 @@ def test_wheel_installs_and_serves(tmp_path: Path) -> None:
         timeout=timeout(300),
     )
     (wheel,) = dist.glob("roomcast-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+    assert "roomcast/bench/cli.py" in names  # `roomcast bench` ships
+    assert not [n for n in names if n.endswith("servers.py")]  # the bare servers do not
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"
@@ -81,3 +87,41 @@ def test_wheel_installs_and_serves(tmp_path: Path) -> None:
         finally:
             proc.send_signal(2)
             assert proc.wait(timeout(10)) == 0
+
+
+# WebSocket libraries roomcast must not import: it serves with aiohttp alone. The bench
+# extra's picows (the load generator's client) is imported in one function, when a
+# benchmark runs; the bare servers on the others are bench/servers.py, not in the package.
+OTHER_WEBSOCKET_LIBRARIES = {"picows", "websockets", "aiofastnet", "wsproto", "tornado"}
+LAZY = {("roomcast/bench/clients.py", "picows")}
+
+
+def test_roomcast_imports_no_other_websocket_library() -> None:
+    found = set()
+    for path in (ROOT / "src" / "roomcast").rglob("*.py"):
+        name = path.relative_to(ROOT / "src").as_posix()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules = [node.module]
+            else:
+                continue
+            found |= {
+                (name, top)
+                for top in (m.split(".")[0] for m in modules)
+                if top in OTHER_WEBSOCKET_LIBRARIES
+            }
+    assert found == LAZY
+    # and importing every module of the package loads none of them
+    code = (
+        "import importlib, pkgutil, sys, roomcast\n"
+        "for m in pkgutil.walk_packages(roomcast.__path__, 'roomcast.'):\n"
+        "    if not m.name.endswith('__main__'): importlib.import_module(m.name)\n"
+        "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert "aiohttp" in loaded
+    assert not OTHER_WEBSOCKET_LIBRARIES & set(loaded)

@@ -1,6 +1,6 @@
 """Run the transport matrix: {websockets, aiohttp, picows} x uvloop {off, on} x rates.
 
-For each run a fresh server (`roomcast.bench.servers`) is started pinned to CPU 0 and the
+For each run a fresh server (`bench/servers.py`) is started pinned to CPU 0 and the
 load generator (`python -m roomcast.bench.fanout`) pinned to CPU 1 (``taskset``, when there
 are two CPUs); the server is stopped by its pid afterwards. Repetitions are interleaved (rep
 1 of every config, then rep 2, ...) so slow noise from other tenants spreads over all
@@ -34,6 +34,7 @@ from roomcast.bench.report import git_commit, machine_info
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 RESULTS = REPO / "bench" / "results"
+SERVERS = REPO / "bench" / "servers.py"
 LIBS = ("websockets", "aiohttp", "picows", "roomcast")
 
 
@@ -74,7 +75,7 @@ def run_one(lib: str, uvloop: bool, rate: float, args: argparse.Namespace) -> di
     pin_server, pin_gen = pinning()
     port = free_port()
     uv_flag = "--uvloop" if uvloop else "--no-uvloop"
-    cmd = [sys.executable, "-m", "roomcast.bench.servers", "--lib", lib, uv_flag]
+    cmd = [sys.executable, str(SERVERS), "--lib", lib, uv_flag]
     cmd += ["--port", str(port)]
     run: dict[str, Any] = {"lib": lib, "uvloop": uvloop, "rate": rate}
     with tempfile.TemporaryFile("w+") as err:

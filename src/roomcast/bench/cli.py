@@ -8,6 +8,9 @@ write JSON.
     roomcast bench handshakes --url ws://127.0.0.1:8080/ --connections 2000
     roomcast bench rooms --baseline aiohttp   # then the same on a bare aiohttp server
 
+`--baseline` runs a bare server from bench/servers.py, so it needs a checkout of the
+repository (found from this package's source or the current directory).
+
 The server must allow the load: serve it with `--max-message-rate 1e9 --message-burst
 1000000000 --max-connections-per-ip 1000000` (and `ulimit -n` above the connections).
 Its pids are found from the URLs' ports; `--server-pid` names them instead (e.g. to add
@@ -27,7 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from roomcast import __version__
-from roomcast.bench import scenarios
+from roomcast.bench import baseline, scenarios
+from roomcast.bench.clients import load_picows
+from roomcast.bench.measure import listener_pids, loopback_port, wait_text
 from roomcast.bench.report import header
 
 SCENARIOS = ("fanout", "rooms", "idle", "handshakes")
@@ -43,9 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="small and short: a smoke test")
     parser.add_argument(
         "--baseline",
-        choices=("aiohttp", "picows", "websockets"),
+        choices=baseline.LIBS,
         help="also run the scenario against a bare server on this library (same CPUs, "
-        "right after) and report roomcast's cost as a ratio to it",
+        "right after; bench/servers.py of a checkout) and report roomcast's cost as a "
+        "ratio to it",
     )
     fan = parser.add_argument_group("fanout")
     fan.add_argument("--receivers", type=int, default=1000)
@@ -87,7 +93,7 @@ def _generate(
 
 def _baseline(args: argparse.Namespace, rate: float, cpus: set[int]) -> dict[str, Any]:
     """Measure a bare server on `cpus` like roomcast."""
-    with scenarios.bare_server(args.baseline, cpus) as (port, pid):
+    with baseline.bare_server(args.servers, args.baseline, cpus) as (port, pid):
         return _generate(args, rate, [port], [pid], roomcast=False)
 
 
@@ -154,11 +160,28 @@ def _one(args: argparse.Namespace, url: str, pids: list[int]) -> dict[str, Any]:
     )
 
 
+def _others(args: argparse.Namespace, urls: list[str], pids: list[int]) -> list[dict[str, Any]]:
+    """A scenario other than fanout against roomcast, then against the bare baseline."""
+    results = [_one(args, urls[0], pids)]
+    results[0]["server"] = "roomcast"
+    if args.baseline:
+        cpus = os.sched_getaffinity(pids[0])
+        _progress(f"{args.scenario}: the same against bare {args.baseline} ...")
+        with baseline.bare_server(args.servers, args.baseline, cpus) as (port, pid):
+            base = _one(args, f"ws://127.0.0.1:{port}/", [pid])
+        base["server"] = f"bare {args.baseline}"
+        key = COST[args.scenario]
+        if base[key] and results[0][key]:
+            results[0]["x_baseline"] = results[0][key] / base[key]
+        results.append(base)
+    return results
+
+
 def _row(r: dict[str, Any]) -> str:
     flag = " INVALID: " + "; ".join(r["invalid"]) if r.get("invalid") else ""
     ratio = f" (×{r['x_baseline']:.2f} bare)" if "x_baseline" in r else ""
     who = r.get("server", "roomcast")
-    wait = scenarios.wait_text(r.get("server_send_wait_ms"))
+    wait = wait_text(r.get("server_send_wait_ms"))
     waited = f" (server's wait p99 {wait})" if wait else ""
     if r["scenario"] == "fanout":
         lat = r["latency_ms"]
@@ -195,11 +218,16 @@ def _row(r: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> int:
     urls = args.url or ["ws://127.0.0.1:8080/"]
     try:
-        ports = [scenarios.loopback_port(u) for u in urls]
+        ports = [loopback_port(u) for u in urls]
     except ValueError as exc:
         print(f"roomcast bench: {exc}", file=sys.stderr)
         return 2
-    pids = args.server_pid or sorted({p for port in ports for p in scenarios.listener_pids(port)})
+    args.servers = baseline.find_servers() if args.baseline else None
+    if args.baseline and args.servers is None:
+        print(f"roomcast bench: {baseline.NOT_FOUND}", file=sys.stderr)
+        return 2
+    load_picows()  # exits with how to install it
+    pids = args.server_pid or sorted({p for port in ports for p in listener_pids(port)})
     if not pids:
         print(f"roomcast bench: nothing listens on {urls} (start roomcast serve)", file=sys.stderr)
         return 2
@@ -207,35 +235,26 @@ def run(args: argparse.Namespace) -> int:
         args.duration, args.warmup = min(args.duration, 3.0), min(args.warmup, 1.0)
         args.receivers = min(args.receivers, 200)
         args.rooms, args.members = min(args.rooms, 20), min(args.members, 5)
-    scenario = args.scenario
-    if scenario == "fanout":
-        results = _fanout(args, ports, pids)
-    else:
-        results = [_one(args, urls[0], pids)]
-        results[0]["server"] = "roomcast"
-        if args.baseline:
-            cpus = os.sched_getaffinity(pids[0])
-            _progress(f"{scenario}: the same against bare {args.baseline} ...")
-            with scenarios.bare_server(args.baseline, cpus) as (port, pid):
-                base = _one(args, f"ws://127.0.0.1:{port}/", [pid])
-            base["server"] = f"bare {args.baseline}"
-            key = COST[scenario]
-            if base[key] and results[0][key]:
-                results[0]["x_baseline"] = results[0][key] / base[key]
-            results.append(base)
+    try:
+        results = (
+            _fanout(args, ports, pids) if args.scenario == "fanout" else _others(args, urls, pids)
+        )
+    except RuntimeError as exc:  # a load generator or a bare server that failed
+        print(f"roomcast bench: {exc}", file=sys.stderr)
+        return 1
     if sys.stderr.isatty():
         print(file=sys.stderr)
     print("| scenario | throughput | server cost | latency / memory | | generator |")
     print("|---|---|---|---|---|---|")
     for r in results:
         print(_row(r))
-    out = args.out or Path(f"roomcast-bench-{scenario}-{dt.datetime.now():%Y%m%d-%H%M%S}.json")
+    out = args.out or Path(f"roomcast-bench-{args.scenario}-{dt.datetime.now():%Y%m%d-%H%M%S}.json")
     report = {
         "roomcast": __version__,
         **header(),
         "urls": urls,
         "server_pids": pids,
-        "args": {k: v for k, v in vars(args).items() if k != "out"},
+        "args": {k: v for k, v in vars(args).items() if k not in ("out", "servers")},
         "results": results,
     }
     out.write_text(json.dumps(report, indent=1, default=str))

@@ -1,11 +1,12 @@
-"""Fan-out load generator for the transport benchmark (picows clients, 127.0.0.1 only).
+"""Fan-out load generator for the transport benchmark (127.0.0.1 only).
 
 Scenario: one room, R receivers + 1 sender. The sender sends SEND_MESSAGE at a fixed rate for
 warm-up + duration + tail seconds; each message text ends with a sequence number and the
 send time (``time.time_ns()``, comparable across processes), so receivers compute latency,
 lost and duplicated messages. Receivers are spread over N worker processes; the sender has
-its own process. During the measured window the main process reads the server's CPU time
-(utime + stime from /proc/PID/stat) and the generator's own, and prints one JSON object:
+its own process (`fanout_workers.py`, picows clients). During the measured window the main
+process reads the server's CPU time (utime + stime from /proc/PID/stat) and the generator's
+own, and prints one JSON object:
 
 * ``us_per_delivery`` = server CPU seconds * 1e6 / deliveries received in the window;
 * ``deliveries_per_s``, latency p50/p99/max (ms) of messages sent in the window;
@@ -22,234 +23,35 @@ its own process. During the measured window the main process reads the server's 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import multiprocessing as mp
 import os
 import queue
 import sys
 import time
-from array import array
-from collections.abc import Coroutine, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from multiprocessing.process import BaseProcess
 from multiprocessing.queues import Queue
-from multiprocessing.synchronize import Event
-from typing import Any, cast
+from typing import Any
 
-import msgspec
-from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
-
-from roomcast.bench.scenarios import send_wait_buckets, send_wait_ms
-
-TEXT = WSMsgType.TEXT
-CLOSE = WSMsgType.CLOSE
-ROOM = "bench"
-SENDER_ID = 999_999_999
-# Message text: "<padding> <seq:08d> <time_ns:019d>" (an ADD_CHAT frame of about 200 bytes).
-# It ends the "message" field, which ADD_CHAT follows with the sender's fixed name and upvotes,
-# so the 28-byte stamp sits at a fixed distance from the end of every frame.
-PADDING = "x" * 60
-SUFFIX = b'","name":"user' + str(SENDER_ID).encode() + b'","upvotes":0}}'
-# roomcast's ADD_CHAT has more fields after "message", of a fixed length too.
-ROOMCAST_SUFFIX_LEN = (
-    len(b'","upvotes":0,"priority":"normal","answered":false,"createdAt":') + 13 + 2
+from roomcast.bench.clients import load_picows
+from roomcast.bench.fanout_workers import (
+    ROOMCAST_SUFFIX_LEN,
+    Plan,
+    percentile,
+    receiver_process,
+    sender_process,
 )
-# Where the stamp ends, counted from the end of a frame; worker processes are spawned,
-# so the choice travels in the environment.
-_SUFFIX_LEN = int(os.environ.get("LOADGEN_SUFFIX_LEN", len(SUFFIX)))
-STAMP = slice(-_SUFFIX_LEN - 28, -_SUFFIX_LEN)
+from roomcast.bench.measure import (
+    CLK_TCK,
+    GEN_CPU_LIMIT,
+    cpu_ticks,
+    send_wait_buckets,
+    send_wait_ms,
+)
 
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-GEN_CPU_LIMIT = 85.0  # % of one core
 MAX_SENDER_LAG_MS = 100.0
 MAX_UNEXPECTED = 0.001  # share of frames that may be unparsable (e.g. server pings)
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Shared schedule, in time.time_ns() units: message k is due at start_ns + k*period_ns."""
-
-    start_ns: int
-    period_ns: int
-    n_total: int  # messages sent: warm-up + window + tail
-    k0: int  # first sequence number sent inside the measured window
-    k1: int  # first one after it
-    t0: int  # measured window [t0, t1)
-    t1: int
-    listen_until: int
-
-
-def join_frame(user: int) -> bytes:
-    payload = {"name": f"user{user}", "userId": str(user), "roomId": ROOM}
-    return msgspec.json.encode({"type": "JOIN_ROOM", "payload": payload})
-
-
-class Receiver(WSListener):
-    """Keeps each frame's arrival time and stamp, nothing more: the generator is the
-    bottleneck of this benchmark, so all the accounting is done after the run (tally)."""
-
-    def __init__(self) -> None:
-        self.arrivals = array("q")
-        self.stamps: list[bytes] = []
-
-    def on_ws_frame(self, transport: WSTransport, frame: WSFrame, _now: Any = time.time_ns) -> None:
-        self.arrivals.append(_now())
-        self.stamps.append(frame.get_payload_as_bytes()[STAMP])
-
-
-def tally(listeners: list[Receiver], plan: Plan) -> dict[str, Any]:
-    """Deliveries in the window, latency of messages sent in it, lost and duplicated ones."""
-    window = lost = dups = unexpected = 0
-    latencies = array("q")
-    t0, t1, k0, k1 = plan.t0, plan.t1, plan.k0, plan.k1
-    for listener in listeners:
-        seen = bytearray(plan.n_total)
-        for arrived, stamp in zip(listener.arrivals, listener.stamps, strict=True):
-            try:
-                seq = int(stamp[:8])
-                sent = int(stamp[9:])
-                count = seen[seq]
-            except (ValueError, IndexError):
-                if t0 <= arrived < t1:  # join answers and presence before the window are fine
-                    unexpected += 1
-                continue
-            if count < 255:
-                seen[seq] = count + 1
-            if t0 <= arrived < t1:
-                window += 1
-            if k0 <= seq < k1:
-                latencies.append(arrived - sent)
-        measured = seen[k0:k1]
-        lost += measured.count(0)
-        dups += sum(measured) - (len(measured) - measured.count(0))
-        listener.arrivals, listener.stamps = array("q"), []
-    return {
-        "window_deliveries": window,
-        "lost": lost,
-        "duplicates": dups,
-        "unexpected": unexpected,
-        "latencies": latencies,
-    }
-
-
-class Echo(WSListener):
-    """The sender's listener: its own echoes are deliveries too, and as the sender's process
-    is nearly idle, their latency shows the server's share of the receivers' latency."""
-
-    def __init__(self) -> None:
-        self.t0 = self.t1 = 0
-        self.window_deliveries = 0
-        self.latencies: list[int] = []
-
-    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-        now = time.time_ns()
-        if frame.msg_type == TEXT and self.t0 <= now < self.t1:
-            self.window_deliveries += 1
-            self.latencies.append(now - int(frame.get_payload_as_bytes()[STAMP][9:]))
-        elif frame.msg_type == CLOSE:
-            transport.disconnect()
-
-
-async def get(queue: Queue[Any]) -> Any:
-    return await asyncio.get_running_loop().run_in_executor(None, queue.get)
-
-
-async def sleep_until(t_ns: int) -> None:
-    await asyncio.sleep(max(0.0, (t_ns - time.time_ns()) / 1e9))
-
-
-async def receivers(
-    idx: int, url: str, n: int, batch: int, go: Event, ctl: Queue[Any], out: Queue[Any]
-) -> None:
-    await asyncio.get_running_loop().run_in_executor(None, go.wait)
-    conns: list[tuple[WSTransport, Receiver]] = []
-    errors: list[str] = []
-    for start in range(0, n, batch):
-        size = min(batch, n - start)
-        results = await asyncio.gather(
-            *(ws_connect(Receiver, url) for _ in range(size)), return_exceptions=True
-        )
-        for res in results:
-            if isinstance(res, BaseException):
-                errors.append(repr(res))
-            else:
-                conns.append((res[0], cast(Receiver, res[1])))
-    for user, (transport, _) in enumerate(conns):
-        transport.send(TEXT, join_frame(idx * 1_000_000 + user))
-    out.put(("ready", idx, len(conns), errors[:3]))
-    plan: Plan = await get(ctl)
-    await sleep_until(plan.listen_until)
-    result = tally([listener for _, listener in conns], plan)
-    out.put(("result", idx, {"connected": len(conns), **result}))
-    await close_all([transport for transport, _ in conns])
-
-
-async def close_all(transports: list[WSTransport]) -> None:
-    """Close handshake (so servers log no errors), then drop what is still open."""
-    for transport in transports:
-        transport.send_close(WSCloseCode.OK)
-    waits = [asyncio.ensure_future(t.wait_disconnected()) for t in transports]
-    await asyncio.wait(waits, timeout=3.0)
-    for transport in transports:
-        transport.disconnect()
-
-
-async def sender(url: str, ctl: Queue[Any], out: Queue[Any]) -> None:
-    transport, listener = await ws_connect(Echo, url)
-    echo = cast(Echo, listener)
-    transport.send(TEXT, join_frame(SENDER_ID))
-    out.put(("ready", "sender", 1, []))
-    plan: Plan = await get(ctl)
-    echo.t0, echo.t1 = plan.t0, plan.t1
-    max_lag = 0
-    for k in range(plan.n_total):
-        due = plan.start_ns + k * plan.period_ns
-        if due > time.time_ns():
-            await sleep_until(due)
-        now = time.time_ns()
-        max_lag = max(max_lag, now - due)
-        text = f"{PADDING} {k:08d} {now:019d}"
-        payload = {"userId": str(SENDER_ID), "roomId": ROOM, "message": text}
-        transport.send(TEXT, msgspec.json.encode({"type": "SEND_MESSAGE", "payload": payload}))
-    await sleep_until(plan.listen_until)
-    echoes = sorted(echo.latencies)
-    result = {
-        "window_deliveries": echo.window_deliveries,
-        "max_lag_ms": max_lag / 1e6,
-        "echo_p50_ms": percentile(echoes, 0.5) / 1e6,
-        "echo_p99_ms": percentile(echoes, 0.99) / 1e6,
-    }
-    out.put(("result", "sender", result))
-    await close_all([transport])
-
-
-def run_loop(coro: Coroutine[Any, Any, None]) -> None:
-    import uvloop
-
-    uvloop.run(coro)
-
-
-def receiver_process(*args: Any) -> None:
-    run_loop(receivers(*args))
-
-
-def sender_process(*args: Any) -> None:
-    run_loop(sender(*args))
-
-
-def cpu_ticks(pid: int | str) -> int:
-    """utime + stime of a process (all its threads), in clock ticks."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
-
-
-def percentile(sorted_values: list[int], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    return float(sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))])
 
 
 def collect(
@@ -433,9 +235,11 @@ def main() -> None:
         "--roomcast", action="store_true", help="the server is roomcast (its ADD_CHAT layout)"
     )
     args = parser.parse_args()
+    load_picows()  # exits with how to install it, before any worker starts
     if args.roomcast and "LOADGEN_SUFFIX_LEN" not in os.environ:
         os.environ["LOADGEN_SUFFIX_LEN"] = str(ROOMCAST_SUFFIX_LEN)
-        os.execv(sys.executable, [sys.executable, *sys.argv])  # again, with the layout set
+        again = [sys.executable, "-m", "roomcast.bench.fanout", *sys.argv[1:]]
+        os.execv(sys.executable, again)  # with the layout set
     result = run(args)
     lat = result["latency_ms"]
     invalid = "; ".join(result["invalid"])

@@ -13,10 +13,13 @@ The JSON is encoded once per message (msgspec) and each library sends it the way
 recommend for broadcasting: ``websockets.broadcast``, an ``await ws.send_str`` loop for
 aiohttp, a ``WSTransport.send`` loop for picows. Listens on 127.0.0.1 only and prints
 ``READY <port>`` when it accepts connections. Stop it with SIGTERM (its default action).
+``--lib roomcast`` serves roomcast itself with the benchmark's limits lifted.
 
-    python -m roomcast.bench.servers --lib picows --uvloop --port 8765
+    python bench/servers.py --lib picows --uvloop --port 8765
 
 (`roomcast bench fanout --baseline aiohttp` starts one next to the server it measures.)
+They are not part of the roomcast package, which imports no other WebSocket server: run
+from a checkout, with picows and websockets from `pip install 'roomcast[bench]'`.
 """
 
 from __future__ import annotations
