@@ -84,6 +84,14 @@ def _parser() -> argparse.ArgumentParser:
     from roomcast.bench.cli import add_arguments
 
     add_arguments(bench)
+    commands.add_parser(
+        "migrate",
+        parents=[settings],
+        help="bring the store's format up to this version (serve does it too)",
+        description="Migrate the store named by --store/--broker (SQLite: the schema, in "
+        "one exclusive transaction, so several nodes may start at once; Redis: the key "
+        "format), then exit.",
+    )
     config = commands.add_parser(
         "config",
         parents=[settings],
@@ -244,6 +252,18 @@ async def _serve(settings: Settings) -> int:
     return 0
 
 
+def _migrate(settings: Settings) -> int:
+    from roomcast.adapters import migrate
+
+    try:
+        done = asyncio.run(migrate(settings.store, settings.broker, prefix=settings.redis_prefix))
+    except Exception as exc:  # one line for the operator, not a traceback
+        print(f"roomcast migrate: {exc}", file=sys.stderr)
+        return 1
+    print(done)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit status."""
     parser = _parser()
@@ -256,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from roomcast.bench.cli import run
 
         return run(args)
-    if args.command not in ("serve", "config"):
+    if args.command not in ("serve", "config", "migrate"):
         parser.print_help()
         return 0 if args.command is None and argv is not None else 2
     names = {f.name for f in fields(Settings)}
@@ -269,6 +289,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "config":
         print(to_toml(settings), end="")
         return 0
+    if args.command == "migrate":
+        return _migrate(settings)
     configure_logging(settings.log_level, settings.log_format)
     tune_gc(settings.gc_threshold)
     with asyncio.Runner(loop_factory=_event_loop_factory(settings.loop)) as runner:

@@ -125,3 +125,25 @@ def open_store(url: str, *, history_max: int = 10_000, queue_max: int = 10_000) 
 
 def _scheme(url: str) -> str:
     return urlsplit(url).scheme
+
+
+async def migrate(store_url: str, broker_url: str = "", *, prefix: str = "rc:") -> str:
+    """Bring the store's format up to this version (`roomcast migrate`; `serve` does it
+    too when it opens the store); returns what was done, in one line."""
+    store_url, broker_url = resolve(store_url, broker_url)
+    scheme = _scheme(store_url)
+    if scheme == "sqlite":
+        import asyncio
+
+        from roomcast.adapters.sqlite.schema import migrate_file
+
+        path = urlsplit(store_url).path.removeprefix("/")
+        before, after = await asyncio.to_thread(migrate_file, path)
+        if before == after:
+            return f"{store_url}: schema {after}, up to date"
+        return f"{store_url}: schema {before or 'none'} -> {after}"
+    if scheme in REDIS_SCHEMES:
+        from roomcast.adapters.redis.client import migrate_keys
+
+        return await migrate_keys(store_url, prefix)
+    return f"{store_url}: nothing is stored, nothing to migrate"

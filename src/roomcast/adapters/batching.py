@@ -9,6 +9,7 @@ backend in call order and share round trips under load. The queue is bounded: pa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
@@ -44,6 +45,8 @@ class Batcher(Generic[Op]):
         self._queue: list[tuple[Op, asyncio.Future[object]]] = []
         self._inflight: list[tuple[Op, asyncio.Future[object]]] = []
         self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()  # set while nothing is queued or being written
+        self._idle.set()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -51,8 +54,12 @@ class Batcher(Generic[Op]):
         self._stopping = False
         self._task = asyncio.create_task(self._write_forever(), name=self._name)
 
-    async def stop(self) -> None:
-        """Stop the writer (boundedly) and fail whatever is still queued."""
+    async def stop(self, drain: float = 5.0) -> None:
+        """Let the writer finish what is queued (for at most `drain` seconds), then stop
+        it and fail whatever is still left."""
+        if self._task is not None and not self._task.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), drain)
         self._stopping = True
         self._wakeup.set()
         if self._task is not None:
@@ -72,6 +79,7 @@ class Batcher(Generic[Op]):
             raise StoreOverloaded(f"{self._name} queue is full")
         future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         self._queue.append((op, future))
+        self._idle.clear()
         self._wakeup.set()
         return future
 
@@ -92,6 +100,8 @@ class Batcher(Generic[Op]):
                 self._inflight = batch
                 await self._write(batch)
                 self._inflight = []
+            if not self._queue:
+                self._idle.set()
 
     async def _write(self, batch: list[tuple[Op, asyncio.Future[object]]]) -> None:
         try:

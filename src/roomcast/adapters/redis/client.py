@@ -102,3 +102,25 @@ async def stop_task(task: asyncio.Task[None]) -> None:
     await asyncio.wait({task}, timeout=STOP_TIMEOUT)
     if task.done() and not task.cancelled() and task.exception() is not None:
         log.debug("redis: background task ended with %r", task.exception())
+
+
+async def migrate_keys(url: str, prefix: str) -> str:
+    """Record (or check) the key format under `prefix`: `<prefix>format` holds the
+    newest `KEYS_VERSION` that wrote there. Keys of another version have other names,
+    so nothing is rewritten; a newer format than this roomcast knows is refused."""
+    target = parse_url(url)
+    client = connect(target, max_connections=2)
+    key = f"{prefix}format"
+    try:
+        await client.set(key, KEYS_VERSION, nx=True)
+        found = int(await client.get(key) or 0)
+        if found > KEYS_VERSION:
+            raise ValueError(
+                f"{url}: keys under {prefix!r} are in format {found}; this roomcast knows "
+                f"up to {KEYS_VERSION}: upgrade roomcast"
+            )
+        if found < KEYS_VERSION:
+            await client.set(key, KEYS_VERSION)
+    finally:
+        await client.aclose()
+    return f"{url}: key format {KEYS_VERSION} under {prefix!r}, up to date"
