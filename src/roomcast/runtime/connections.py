@@ -17,14 +17,14 @@ from typing import Any, Final
 from aiohttp import WSMsgType, hdrs, web
 
 from roomcast.core.errors import ClientError, CloseCode, ErrorCode
+from roomcast.core.guard import client_address, origin_allowed
 from roomcast.core.tokens import Identity, TokenVerifier
 from roomcast.runtime.api import error_response
 from roomcast.runtime.frames import binary_frame, text_frame
-from roomcast.runtime.guard import client_address, origin_allowed
 from roomcast.runtime.limits import ServerSettings
 from roomcast.runtime.node import Node
 from roomcast.runtime.outbox import Flusher, Outbox
-from roomcast.runtime.session import Session, token_matches
+from roomcast.runtime.session import Session, rules_of, token_matches
 from roomcast.runtime.stats import Stats
 
 log = logging.getLogger("roomcast.server")
@@ -53,6 +53,7 @@ class Connections:
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
         self._per_ip: dict[str, int] = {}
+        self._rules = rules_of(settings)
 
     def _refuse(self, request: web.Request) -> web.Response | None:
         """The HTTP answer that refuses an upgrade (before any frame), or None."""
@@ -140,6 +141,7 @@ class Connections:
             node=self.node,
             outbox=box,
             conn_id=conn_id,
+            rules=self._rules,
             is_admin=is_admin,
             close=close,
             verifier=self._verifier,

@@ -39,9 +39,13 @@ class Member(Protocol):
     outbox: Outbox
     conn_id: str
     user_id: str | None
-    is_admin: bool
-    rooms: dict[str, str]
     closed: bool
+
+    @property
+    def is_admin(self) -> bool: ...
+
+    @property
+    def rooms(self) -> dict[str, str]: ...  # room id -> display name there
 
 
 Feed = RoomFeed[bytes, Publication]
