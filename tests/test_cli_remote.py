@@ -121,14 +121,40 @@ def test_config_print_masks_secrets_and_follows_precedence(tmp_path: Path) -> No
     )
     assert result.returncode == 0, result.stderr
     effective = tomllib.loads(result.stdout)
-    assert (effective["port"], effective["history_size"], effective["rooms"]) == (
-        9003,
-        8,
-        "managed",
-    )
-    assert effective["admin_token"] == "********"
+    server, limits = effective["server"], effective["limits"]
+    assert (server["port"], limits["history_size"], server["rooms"]) == (9003, 8, "managed")
+    assert effective["auth"]["admin_token"] == "********"
     assert "from-file" not in result.stdout
     config.write_text("nope = 1\n")
     bad = roomcast("config", "--config", str(config))
     assert bad.returncode == 2
     assert "unknown setting" in bad.stderr
+
+
+def test_config_file_sections(tmp_path: Path) -> None:
+    """A TOML file may group settings in their sections' tables; what `config --print`
+    prints is such a file, and reads back to the same settings."""
+    config = tmp_path / "roomcast.toml"
+    config.write_text(
+        'rooms = "managed"\n[limits]\nhistory_size = 9\nfeed-ring = 64\n'
+        '[storage]\nstore = "memory://"\n'
+    )
+    first = roomcast("config", "--config", str(config))
+    assert first.returncode == 0, first.stderr
+    printed = tomllib.loads(first.stdout)
+    assert sorted(printed) == ["auth", "limits", "logging", "server", "storage"]
+    assert (printed["limits"]["history_size"], printed["limits"]["feed_ring"]) == (9, 64)
+    assert (printed["server"]["rooms"], printed["storage"]["store"]) == ("managed", "memory://")
+    config.write_text(first.stdout.replace('"********"', '"x"'))
+    again = roomcast("config", "--config", str(config))
+    assert again.returncode == 0, again.stderr
+    assert tomllib.loads(again.stdout) == printed
+    for text, words in (
+        ("[limits]\nport = 1\n", "'port' belongs in [server], not [limits]"),
+        ("[nowhere]\nport = 1\n", "unknown section [nowhere]"),
+        ("[server]\nnope = 1\n", "unknown setting 'nope'"),
+    ):
+        config.write_text(text)
+        bad = roomcast("config", "--config", str(config))
+        assert bad.returncode == 2
+        assert words in bad.stderr

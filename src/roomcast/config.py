@@ -153,6 +153,32 @@ class Settings:
     store_queue_max: int = field(
         default=10_000, metadata={"help": "store operations waiting at once before 'overloaded'"}
     )
+    store_batch_max: int = field(
+        default=512,
+        metadata={"help": "store operations per SQLite transaction or Redis round trip"},
+    )
+    redis_timeout: float = field(
+        default=15.0,
+        metadata={"help": "seconds a Redis operation may take, its wait in the queue included"},
+    )
+    feed_hold_max: int = field(
+        default=10_000,
+        metadata={
+            "help": "publications held per room while a gap is read from the history; past "
+            "it they are dropped and the room's history is sent again"
+        },
+    )
+    feed_ring: int = field(
+        default=256,
+        metadata={"help": "latest messages kept per room to catch joiners up without a read"},
+    )
+    presence_retry_max: int = field(
+        default=100_000,
+        metadata={
+            "help": "presence leaves kept for a retry while Redis is away; past it, dead-node "
+            "expiry counts those users out"
+        },
+    )
     ping_interval: float = field(
         default=20.0, metadata={"help": "seconds between keepalive pings; 0 turns them off"}
     )
@@ -187,6 +213,10 @@ class Settings:
             "max_rooms_per_connection",
             "max_queue_bytes",
             "store_queue_max",
+            "store_batch_max",
+            "feed_hold_max",
+            "feed_ring",
+            "presence_retry_max",
             "redis_connections",
             "backlog",
             "max_connections_per_ip",
@@ -197,8 +227,8 @@ class Settings:
                 raise ValueError(f"{name} must be at least 1")
         if self.history_size < 0:
             raise ValueError("history_size must be 0 or more")
-        if self.node_heartbeat <= 0:
-            raise ValueError("node_heartbeat must be positive")
+        if self.node_heartbeat <= 0 or self.redis_timeout <= 0:
+            raise ValueError("node_heartbeat and redis_timeout must be positive")
         if self.history_max_age < 0:
             raise ValueError("history_max_age must be 0 or more")
         try:  # the adapters' chooser says which pairings work (one place for the rules)
@@ -227,6 +257,34 @@ class Settings:
             raise ValueError("log_format must be text or json")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ValueError("log_level must be debug, info, warning or error")
+
+
+# Settings by section, for the TOML file's tables and the docs (the names users see in
+# flags and ROOMCAST_* variables do not change). Every setting is in one section.
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "server": (
+        "host", "port", "rooms", "handshake_timeout", "ping_interval", "drain_time",
+        "shutdown_timeout", "backlog", "loop", "gc_threshold", "permessage_deflate",
+    ),
+    "storage": (
+        "store", "broker", "node_heartbeat", "redis_connections", "redis_prefix",
+        "redis_timeout", "history_max", "history_max_age", "store_queue_max",
+        "store_batch_max",
+    ),
+    "auth": (
+        "admin_token", "api_key", "auth", "jwt_secret", "jwt_public_key", "allowed_origins",
+        "trusted_proxies",
+    ),
+    "limits": (
+        "max_connections_per_ip", "max_message_rate", "message_burst",
+        "rate_limit_close_after", "history_size", "resume_max", "presence_list_max",
+        "presence_broadcast_max", "max_message_chars", "max_frame_bytes",
+        "max_rooms_per_connection", "max_queue_bytes", "feed_hold_max", "feed_ring",
+        "presence_retry_max",
+    ),
+    "logging": ("log_level", "log_format"),
+}  # fmt: skip
+SECTION_OF = {name: section for section, names in SECTIONS.items() for name in names}
 
 
 def env_name(name: str) -> str:
@@ -289,36 +347,54 @@ def describe() -> list[tuple[str, str, str, str]]:
 
 
 def _read_toml(path: str) -> dict[str, Any]:
+    """Settings from a TOML file: `name = value` at the top, or inside the table of the
+    setting's section (`[limits]`, `[storage]`...)."""
     with open(path, "rb") as handle:
         try:
             data = tomllib.load(handle)
         except tomllib.TOMLDecodeError as exc:
             raise ValueError(f"{path}: {exc}") from None
-    known = {f.name: f for f in fields(Settings)}
     values: dict[str, Any] = {}
     for key, value in data.items():
-        name = key.replace("-", "_")
-        if name not in known:
-            raise ValueError(f"{path}: unknown setting {key!r}")
-        values[name] = tuple(value) if isinstance(value, list) else value
+        if isinstance(value, dict):
+            if key not in SECTIONS:
+                raise ValueError(f"{path}: unknown section [{key}]")
+            for inner, setting in value.items():
+                values.update(_setting(path, inner, setting, section=key))
+        else:
+            values.update(_setting(path, key, value, section=None))
     return values
 
 
+def _setting(path: str, key: str, value: Any, section: str | None) -> dict[str, Any]:
+    name = key.replace("-", "_")
+    if name not in SECTION_OF:
+        raise ValueError(f"{path}: unknown setting {key!r}")
+    if section is not None and SECTION_OF[name] != section:
+        raise ValueError(f"{path}: {key!r} belongs in [{SECTION_OF[name]}], not [{section}]")
+    return {name: tuple(value) if isinstance(value, list) else value}
+
+
 def to_toml(settings: Settings) -> str:
-    """The settings as TOML, secrets masked."""
-    lines = []
-    for f in fields(Settings):
-        value = getattr(settings, f.name)
-        if f.name in SECRETS and value:
-            value = "********"
-        if isinstance(value, tuple):
-            text = "[" + ", ".join(_toml_str(v) for v in value) + "]"
-        elif isinstance(value, str):
-            text = _toml_str(value)
-        else:
-            text = str(value).lower() if isinstance(value, bool) else str(value)
-        lines.append(f"{f.name} = {text}\n")
-    return "".join(lines)
+    """The settings as TOML, a table per section, secrets masked."""
+    blocks = []
+    for section, names in SECTIONS.items():
+        lines = [f"[{section}]\n", *(_toml_line(settings, name) for name in names)]
+        blocks.append("".join(lines))
+    return "\n".join(blocks)
+
+
+def _toml_line(settings: Settings, name: str) -> str:
+    value = getattr(settings, name)
+    if name in SECRETS and value:
+        value = "********"
+    if isinstance(value, tuple):
+        text = "[" + ", ".join(_toml_str(v) for v in value) + "]"
+    elif isinstance(value, str):
+        text = _toml_str(value)
+    else:
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+    return f"{name} = {text}\n"
 
 
 def _toml_str(value: str) -> str:

@@ -72,6 +72,8 @@ def build(
     prefix: str = "rc:",
     redis_connections: int = 32,
     heartbeat: float = 5.0,
+    batch_max: int = 512,
+    redis_timeout: float = 15.0,
 ) -> Backends:
     """The store, broker and presence for these URLs (see the module doc)."""
     store_url, broker_url = resolve(store_url, broker_url)
@@ -79,7 +81,13 @@ def build(
     if _scheme(store_url) in REDIS_SCHEMES:
         from roomcast.adapters.redis import RedisLink, RedisStore
 
-        store_link = RedisLink(store_url, queue_max=queue_max, max_connections=redis_connections)
+        store_link = RedisLink(
+            store_url,
+            queue_max=queue_max,
+            max_connections=redis_connections,
+            batch_max=batch_max,
+            timeout=redis_timeout,
+        )
         store: Store = RedisStore(
             store_link,
             prefix=prefix,
@@ -88,7 +96,9 @@ def build(
             publishes=store_url == broker_url,
         )
     else:
-        store = open_store(store_url, history_max=history_max, queue_max=queue_max)
+        store = open_store(
+            store_url, history_max=history_max, queue_max=queue_max, batch_max=batch_max
+        )
     if not broker_url:
         from roomcast.adapters.local import LocalBroker, LocalPresence
 
@@ -96,13 +106,21 @@ def build(
     from roomcast.adapters.redis import RedisBroker, RedisLink, RedisPresence
 
     link = store_link if store_url == broker_url and store_link else None
-    link = link or RedisLink(broker_url, queue_max=queue_max, max_connections=redis_connections)
+    link = link or RedisLink(
+        broker_url,
+        queue_max=queue_max,
+        max_connections=redis_connections,
+        batch_max=batch_max,
+        timeout=redis_timeout,
+    )
     broker = RedisBroker(link, prefix=prefix)
     presence = RedisPresence(link, prefix=prefix, heartbeat=heartbeat)
     return Backends(store, broker, presence, store_url, broker_url)
 
 
-def open_store(url: str, *, history_max: int = 10_000, queue_max: int = 10_000) -> Store:
+def open_store(
+    url: str, *, history_max: int = 10_000, queue_max: int = 10_000, batch_max: int = 512
+) -> Store:
     """A node-local store: `memory://` keeps everything in this process;
     `sqlite:///PATH` (three slashes and a relative path, four for an absolute one)
     keeps it in an embedded SQLite file."""
@@ -119,7 +137,7 @@ def open_store(url: str, *, history_max: int = 10_000, queue_max: int = 10_000) 
             raise UnsupportedURL(f"sqlite URLs have no host: use sqlite:///PATH, not {url!r}")
         if not path:
             raise UnsupportedURL(f"sqlite URL names no file: {url!r}")
-        return SqliteStore(path, queue_max=queue_max)
+        return SqliteStore(path, queue_max=queue_max, batch_max=batch_max)
     raise UnsupportedURL(f"unknown store URL scheme {parts.scheme!r} in {url!r}")
 
 

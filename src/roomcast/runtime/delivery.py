@@ -29,7 +29,6 @@ from roomcast.runtime.view import RoomView
 
 log = logging.getLogger("roomcast.delivery")
 
-EARLY_MAX = 10_000  # publications kept per room while its first history read runs
 AFTER_ANNOUNCE = sys.maxsize  # a joiner's target when it waits for the room's reset
 
 
@@ -112,7 +111,13 @@ class Delivery:
             hosted.ready.set_exception(error)
             hosted.ready.exception()  # retrieved: joiners waiting on it re-raise it
             raise
-        hosted.feed = RoomFeed(page.epoch or self.store.epoch, page.last_offset)
+        limits = self.limits
+        hosted.feed = RoomFeed(
+            page.epoch or self.store.epoch,
+            page.last_offset,
+            hold_max=limits.feed_hold_max,
+            ring=limits.feed_ring,
+        )
         hosted.ready.set_result(None)
         early, hosted.early = hosted.early, []
         for pub in early:
@@ -143,7 +148,7 @@ class Delivery:
             return
         feed = hosted.feed
         if feed is None:
-            if len(hosted.early) < EARLY_MAX:
+            if len(hosted.early) < self.limits.feed_hold_max:
                 hosted.early.append(pub)  # past the bound: the first read covers it
             return
         self._dispatch(pub.room_id, hosted, feed, pub)

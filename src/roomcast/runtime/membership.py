@@ -33,8 +33,6 @@ from roomcast.runtime.view import RoomView
 
 log = logging.getLogger("roomcast.membership")
 
-PENDING_LEAVES_MAX = 100_000  # presence leaves waiting for a retry (Redis away)
-
 
 class Membership:
     """Joins, leaves and presence for one node (see the module doc)."""
@@ -242,7 +240,7 @@ class Membership:
 
     def _leave_later(self, room_id: str, user_id: str, conn: str) -> None:
         """Retry a leave from housekeeping (leaves are idempotent: safe to repeat)."""
-        if len(self._leaves) >= PENDING_LEAVES_MAX:
+        if len(self._leaves) >= self.settings.presence_retry_max:
             self.leaves_dropped += 1  # the node's heartbeat expiry counts it out later
             return
         self._leaves[(room_id, user_id, conn)] = None

@@ -84,6 +84,8 @@ class RoomcastServer:
                 prefix=settings.redis_prefix,
                 redis_connections=settings.redis_connections,
                 heartbeat=settings.node_heartbeat,
+                batch_max=settings.store_batch_max,
+                redis_timeout=settings.redis_timeout,
             )
         self.backends = backends
         self.store: Store = backends.store

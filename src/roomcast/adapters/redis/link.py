@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from redis.exceptions import NoScriptError, RedisError
@@ -33,7 +33,13 @@ class RedisLink:
     """The command client, its write queue and the loaded scripts."""
 
     def __init__(
-        self, url: str, *, queue_max: int = 10_000, max_connections: int = 32, batch_max: int = 512
+        self,
+        url: str,
+        *,
+        queue_max: int = 10_000,
+        max_connections: int = 32,
+        batch_max: int = 512,
+        timeout: float = 15.0,
     ) -> None:
         self.target: RedisURL = parse_url(url)
         self.cluster = self.target.cluster
@@ -48,9 +54,10 @@ class RedisLink:
             name="redis",
             queue_max=queue_max,
             batch_max=batch_max,
+            timeout=timeout,
             on_failure=self._failure,
         )
-        self.on_connection_error: list[Any] = []  # callables run when a batch fails
+        self.on_connection_error: list[Callable[[], None]] = []  # run when a batch fails
 
     async def open(self) -> None:
         """Build the client (connecting happens on first use, so a Redis that is down at
