@@ -9,6 +9,14 @@ garbage-collector thresholds (`--gc-threshold 0`) with roomcast's own default.
     python bench/ab.py rooms --a "--gc-threshold 0" --b "" --rounds 2
     python bench/ab.py handshakes --a "--loop asyncio" --b "--loop uvloop"
 
+Before and after a change: `--a-src DIR` runs A's server from another checkout's source
+(`git worktree add /tmp/before COMMIT`, then `--a-src /tmp/before`); the generator is
+this checkout's either way.
+
+    python bench/ab.py fanout --a-src /tmp/before --a "" --b "" --rate 200
+    python bench/ab.py fanout --a-src /tmp/before --a "--store sqlite:///a.db" \
+        --b "--store sqlite:///b.db" --rate 200
+
 Loopback only; every server it starts it stops by pid. Results go to
 bench/results/ab-SCENARIO-DATE.json.
 """
@@ -34,6 +42,7 @@ from roomcast.bench.report import header
 
 RESULTS = Path(__file__).resolve().parent / "results"
 COST = {
+    "fanout": "us_per_delivery",
     "rooms": "server_cpu_us_per_delivery",
     "handshakes": "server_cpu_us_per_connection",
     "idle": "kib_per_connection",
@@ -45,10 +54,22 @@ SERVE = [
 ]  # fmt: skip
 
 
-def one(scenario: str, extra: str, bench_args: list[str], cpus: tuple[int, int]) -> dict[str, Any]:
+def one(
+    scenario: str,
+    extra: str,
+    bench_args: list[str],
+    cpus: tuple[int, int],
+    src: Path | None = None,
+) -> dict[str, Any]:
     port = free_port()
     cmd = [sys.executable, "-m", "roomcast", "serve", "--port", str(port), *SERVE]
-    server = subprocess.Popen([*cmd, *shlex.split(extra)], stdout=subprocess.DEVNULL)
+    env = dict(os.environ)
+    if src is not None:  # the server of another checkout
+        env["PYTHONPATH"] = str(src / "src")
+    work = tempfile.TemporaryDirectory()  # the server's own folder (its SQLite files)
+    server = subprocess.Popen(
+        [*cmd, *shlex.split(extra)], stdout=subprocess.DEVNULL, env=env, cwd=work.name
+    )
     try:
         os.sched_setaffinity(server.pid, {cpus[0]})
         for _ in range(100):
@@ -78,6 +99,7 @@ def one(scenario: str, extra: str, bench_args: list[str], cpus: tuple[int, int])
     finally:
         server.terminate()
         server.wait(15)
+        work.cleanup()
 
 
 def main() -> None:
@@ -87,6 +109,8 @@ def main() -> None:
     parser.add_argument("scenario", choices=sorted(COST))
     parser.add_argument("--a", default="--gc-threshold 0", help="serve flags of A")
     parser.add_argument("--b", default="", help="serve flags of B")
+    parser.add_argument("--a-src", type=Path, help="a checkout whose server is A")
+    parser.add_argument("--b-src", type=Path, help="a checkout whose server is B")
     parser.add_argument("--rounds", type=int, default=2)
     mine = sorted(os.sched_getaffinity(0))
     parser.add_argument(
@@ -97,9 +121,10 @@ def main() -> None:
     key = COST[args.scenario]
     runs: list[dict[str, Any]] = []
     for n in range(args.rounds):
-        for label, extra in (("A", args.a), ("B", args.b)):
-            result = one(args.scenario, extra, bench_args, tuple(args.cpus))
-            runs.append({"config": label, "flags": extra, "round": n + 1, **result})
+        for label, extra, src in (("A", args.a, args.a_src), ("B", args.b, args.b_src)):
+            result = one(args.scenario, extra, bench_args, tuple(args.cpus), src)
+            where = {"src": str(src)} if src else {}
+            runs.append({"config": label, "flags": extra, "round": n + 1, **where, **result})
             p99 = result.get("latency_ms", {}).get("p99")
             print(
                 f"round {n + 1} {label} [{extra or 'defaults'}]: {result[key]:.2f} {key}"
@@ -119,6 +144,8 @@ def main() -> None:
         "scenario": args.scenario,
         "a": args.a,
         "b": args.b,
+        "a_src": str(args.a_src or ""),
+        "b_src": str(args.b_src or ""),
         "median_a": a,
         "median_b": b,
         "b_over_a": b / a,

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import timeout
+from tests.helpers import free_port, timeout
 
 REDIS_SERVER = shutil.which("redis-server")
 # Skipped on a machine without redis-server, except in CI, where they must run.
@@ -31,16 +31,6 @@ needs_redis = pytest.mark.skipif(
     reason="no redis-server (apt-get install redis-server)",
 )
 ADMIN = "cluster-test-admin-token-0123456789abcdef"
-
-
-def free_port(below: int = 65536) -> int:
-    """A port nothing listens on now (and, with `below`, a lower one)."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port: int = s.getsockname()[1]
-        if port < below:
-            return port
 
 
 def _wait_port(port: int, seconds: float) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -12,6 +13,17 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 SCALE = float(os.environ.get("ROOMCAST_TEST_TIMEOUT_SCALE", "1"))
+
+
+def free_port(below: int = 65536) -> int:
+    """A loopback port nothing listens on now (and, with `below`, a lower one): the one
+    free-port helper of the test suite."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port < below:
+            return port
 
 
 def timeout(seconds: float) -> float:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 from roomcast.runtime.server import RoomcastServer
 from roomcast.testing import TEST_ADMIN_TOKEN, running_server
 from tests.cluster import RedisServer, needs_redis
-from tests.helpers import Client, timeout
+from tests.helpers import Client, free_port, timeout
 
 CHROMIUM = os.environ.get("ROOMCAST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -177,13 +176,6 @@ async def test_inline_script_is_forbidden_by_csp(browser: Browser, server: Roomc
         })"""
     )
     assert ran is False
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def test_reconnects_and_resumes_after_a_restart(browser: Browser, tmp_path: Path) -> None:

@@ -18,14 +18,7 @@ import pytest
 from roomcast import __version__
 from roomcast.cli import main
 from roomcast.config import Settings, describe, load
-from tests.helpers import Client, timeout
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from tests.helpers import Client, free_port, timeout
 
 
 @contextmanager

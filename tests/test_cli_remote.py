@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import timeout
-from tests.test_cli import free_port, serve
+from tests.helpers import free_port, timeout
+from tests.test_cli import serve
 
 TOKEN = "cli-admin-token"
 

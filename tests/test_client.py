@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
 
 from roomcast.client import RoomcastClient
 from roomcast.core.protocol import ChatOut, HistoryOut, UpdateChatOut
 from roomcast.testing import running_server
-from tests.helpers import timeout, wait_until
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from tests.helpers import free_port, timeout, wait_until
 
 
 async def test_join_send_vote_and_typed_events() -> None:

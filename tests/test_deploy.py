@@ -16,8 +16,7 @@ import websockets
 from roomcast.adapters.sqlite import SqliteStore
 from roomcast.testing import running_server
 from tests.cluster import NodeProcess, needs_redis, prefix
-from tests.helpers import Client, timeout
-from tests.test_cli import free_port
+from tests.helpers import Client, free_port, timeout
 
 ROOT = Path(__file__).resolve().parent.parent
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"

@@ -8,8 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.helpers import Client, timeout
-from tests.test_cli import free_port
+from tests.helpers import Client, free_port, timeout
 
 
 async def _start(port: int, db: Path, *extra: str) -> asyncio.subprocess.Process:

@@ -12,8 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from roomcast.runtime.server import RoomcastServer
 from roomcast.testing import running_server
-from tests.helpers import Client, timeout
-from tests.test_cli import free_port
+from tests.helpers import Client, free_port, timeout
 
 
 async def scrape(server: RoomcastServer) -> dict[str, float]:

@@ -10,8 +10,7 @@ import venv
 import zipfile
 from pathlib import Path
 
-from tests.helpers import Client, timeout
-from tests.test_cli import free_port
+from tests.helpers import Client, free_port, timeout
 
 ROOT = Path(__file__).resolve().parent.parent
 
