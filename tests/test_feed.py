@@ -22,6 +22,28 @@ def test_in_order_publications_are_delivered() -> None:
     assert (feed.last, feed.duplicates) == (2, 0)
 
 
+def test_accept_takes_only_the_next_message_of_the_current_epoch() -> None:
+    """The fast path: True (and delivered) only for the table's first row."""
+    feed: RoomFeed[Item, str] = RoomFeed("e", 3)
+    assert feed.accept("e", 4, ("e", 4))
+    assert (feed.last, feed.since(3)) == (4, [("e", 4)])
+    assert not feed.accept("e", 4, ("e", 4))  # a duplicate
+    assert not feed.accept("e", 6, ("e", 6))  # a gap
+    assert not feed.accept("f", 5, ("f", 5))  # another epoch
+    assert feed.publication("e", 6, ("e", 6)) == [Fetch(4, announce=False)]
+    assert not feed.accept("e", 5, ("e", 5))  # a fetch is outstanding: held, not taken
+
+
+def test_accept_without_keeping_restarts_the_ring() -> None:
+    """Not kept: joiners reading from before it must read the history again."""
+    feed: RoomFeed[Item, str] = RoomFeed("e", 0)
+    assert feed.accept("e", 1, ("e", 1))
+    assert feed.accept("e", 2, ("e", 2), keep=False)
+    assert (feed.last, feed.since(1), feed.since(2)) == (2, None, [])
+    assert feed.accept("e", 3, ("e", 3))
+    assert feed.since(2) == [("e", 3)]
+
+
 def test_a_duplicate_is_dropped_and_counted() -> None:
     feed: RoomFeed[Item, str] = RoomFeed("e", 5)
     assert feed.publication("e", 5, ("e", 5)) == []
@@ -131,8 +153,15 @@ class World:
         if fate == "delay":
             self.delayed.append(item)
             return
-        self.run(self.feed.publication(item[0], item[1], item))
+        self.offer(item)
         if fate == "twice":
+            self.offer(item)
+
+    def offer(self, item: Item) -> None:
+        """What the runtime does: the fast path first, the whole table otherwise."""
+        if self.feed.accept(item[0], item[1], item):
+            self.run([Deliver(item[1], item)])
+        else:
             self.run(self.feed.publication(item[0], item[1], item))
 
     def append(self, fate: str) -> None:
@@ -187,8 +216,7 @@ def test_every_message_once_in_order_or_after_an_announce(steps: list[tuple[str,
             world.append(arg)
         elif kind == "release" and world.delayed:
             assert isinstance(arg, int)
-            item = world.delayed.pop(arg % len(world.delayed))
-            world.run(world.feed.publication(item[0], item[1], item))
+            world.offer(world.delayed.pop(arg % len(world.delayed)))
         elif kind == "answer":
             world.answer()
         elif kind == "reconnect":

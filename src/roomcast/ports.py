@@ -6,7 +6,7 @@ keep. `tests/test_store_contract.py` runs one conformance suite over every adapt
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from roomcast.core.model import Appended, HistoryPage, StoredMessage
@@ -195,7 +195,7 @@ class Broker(Protocol):
 
     async def unsubscribe(self, room_id: str) -> None: ...
 
-    async def publish(self, pub: Publication) -> None: ...
+    def publish(self, pub: Publication) -> Awaitable[None]: ...
 
 
 class Presence(Protocol):

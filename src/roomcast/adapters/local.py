@@ -7,11 +7,23 @@ in the order they were published, before `publish` returns: no encoding, no copy
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Generator
 
 from roomcast.core.errors import StoreError
 from roomcast.core.wire import Publication
 from roomcast.ports import OnPublication
+
+
+class _Done:
+    """An awaitable that is already done: awaiting it returns None at once."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[None, None, None]:
+        return iter(())  # type: ignore[return-value]
+
+
+DONE: Awaitable[None] = _Done()
 
 
 class LocalBroker:
@@ -41,10 +53,12 @@ class LocalBroker:
     async def unsubscribe(self, room_id: str) -> None:
         self._rooms.discard(room_id)
 
-    async def publish(self, pub: Publication) -> None:
+    def publish(self, pub: Publication) -> Awaitable[None]:
+        """Deliver at once; what it returns is already done (no coroutine to run)."""
         if pub.room_id in self._rooms and self._deliver is not None:
             self.received += 1
             self._deliver(pub)
+        return DONE
 
 
 class _User:

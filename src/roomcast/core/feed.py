@@ -120,6 +120,22 @@ class RoomFeed(Generic[T, E]):
 
     # ------------------------------------------------------------ inputs
 
+    def accept(self, epoch: str, offset: int, item: T, *, keep: bool = True) -> bool:
+        """The table's first row alone, without allocating decisions: True when this is
+        the next message of the current epoch (recorded as delivered: the caller hands
+        it to members); False when `publication()` must decide. With `keep=False` (no
+        joiner can need it: none is reading the history) the ring is not kept and
+        starts again after this message, which saves its upkeep on the hot path."""
+        if offset != self.last + 1 or epoch != self.epoch or self._asked is not None:
+            return False
+        if keep:
+            self._deliver(offset, item)  # (not counted in _seq: only held ones need it)
+        else:
+            self.last = self.ring_base = offset
+            if self.ring:
+                self.ring.clear()
+        return True
+
     def publication(self, epoch: str, offset: int, item: T) -> list[Decision[T, E]]:
         """A message published with (epoch, offset)."""
         self._seq += 1

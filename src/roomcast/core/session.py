@@ -11,7 +11,6 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
 
 from roomcast.core.errors import ClientError, ErrorCode
 from roomcast.core.guard import TokenBucket
@@ -21,7 +20,6 @@ from roomcast.core.protocol import (
     SendMessage,
     UnvoteMessage,
     UpvoteMessage,
-    decode_command,
     normalize_id,
 )
 from roomcast.core.tokens import Identity
@@ -99,11 +97,6 @@ class ConnectionState:
 
     def rate_message(self) -> str:
         return f"more than {self.rules.max_message_rate:g} messages a second; this one was dropped"
-
-    @staticmethod
-    def decode(data: str) -> tuple[str, Any]:
-        """(kind, command) of a text frame; ClientError for anything malformed."""
-        return decode_command(data)
 
     # ------------------------------------------------------------ identity
 

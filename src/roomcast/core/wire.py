@@ -30,7 +30,7 @@ from roomcast.core.rooms import RoomInfo
 VERSION = 1
 
 
-class ChatPub(msgspec.Struct, frozen=True):
+class ChatPub(msgspec.Struct, frozen=True, gc=False):
     """A new message, at (epoch, offset) of the room's history."""
 
     room_id: str
@@ -38,7 +38,7 @@ class ChatPub(msgspec.Struct, frozen=True):
     message: StoredMessage
 
 
-class EventPub(msgspec.Struct, frozen=True):
+class EventPub(msgspec.Struct, frozen=True, gc=False):
     """An event document for every member (`admins`: for the room's admins only)."""
 
     room_id: str
@@ -46,7 +46,7 @@ class EventPub(msgspec.Struct, frozen=True):
     admins: bool = False
 
 
-class PresencePub(msgspec.Struct, frozen=True):
+class PresencePub(msgspec.Struct, frozen=True, gc=False):
     """USER_JOINED or USER_LEFT, with the room's user count after it."""
 
     room_id: str
@@ -54,19 +54,20 @@ class PresencePub(msgspec.Struct, frozen=True):
     document: bytes
 
 
-class RoomPub(msgspec.Struct, frozen=True):
+class RoomPub(msgspec.Struct, frozen=True, gc=False):
     """The room's settings changed."""
 
     room_id: str
     info: RoomInfo
 
 
-class MutePub(msgspec.Struct, frozen=True):
+class MutePub(msgspec.Struct, frozen=True, gc=False):
     room_id: str
     user_id: str
     until_ms: int
 
 
+# (gc=False: a publication holds no reference cycle, so the collector need not track it)
 Publication = ChatPub | EventPub | PresencePub | RoomPub | MutePub
 
 

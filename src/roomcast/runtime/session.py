@@ -31,6 +31,7 @@ from roomcast.core.protocol import (
     UnvoteMessage,
     UpdateRoom,
     UpvoteMessage,
+    decode_command,
     encode_error,
     encode_event,
     normalize_id,
@@ -62,7 +63,18 @@ def rules_of(settings: SessionLimits) -> SessionRules:
 class Session:
     """One connection: its `ConnectionState`, its outbox, and the node it talks to."""
 
-    __slots__ = ("_close", "_expiry", "_verifier", "closed", "conn_id", "node", "outbox", "state")
+    __slots__ = (
+        "_close",
+        "_expiry",
+        "_verifier",
+        "closed",
+        "conn_id",
+        "is_admin",
+        "node",
+        "outbox",
+        "rooms",
+        "state",
+    )
     # Command type -> handler, shared by all sessions (not rebuilt per connection).
     HANDLERS: ClassVar[dict[type[Any], Callable[[Session, Any], Awaitable[None]]]]
 
@@ -85,6 +97,9 @@ class Session:
         self.state = ConnectionState(
             rules, time.monotonic(), is_admin=is_admin, jwt=verifier is not None
         )
+        # Read on every command by the node: plain attributes, kept equal to the state's.
+        self.rooms = self.state.rooms  # the same dict
+        self.is_admin = self.state.is_admin
         self._close = close
         self._verifier = verifier  # set in --auth jwt mode
         self._expiry: asyncio.TimerHandle | None = None
@@ -101,14 +116,6 @@ class Session:
         self.state.user_id = value
 
     @property
-    def rooms(self) -> dict[str, str]:
-        return self.state.rooms
-
-    @property
-    def is_admin(self) -> bool:
-        return self.state.is_admin
-
-    @property
     def identity(self) -> Identity | None:
         return self.state.identity
 
@@ -117,7 +124,10 @@ class Session:
     def admit(self) -> bool:
         """Rate limit: True if one more frame may be handled now. Refused frames get
         ERROR rate_limited; a connection that keeps flooding is closed with 4029."""
-        verdict = self.state.admit(time.monotonic())
+        state = self.state
+        if not state.refused and state.bucket.take(time.monotonic()):
+            return True  # the common case, without the refusal bookkeeping
+        verdict = state.admit(time.monotonic())
         if verdict is Admission.HANDLE:
             return True
         if verdict is Admission.CLOSE:
@@ -131,28 +141,26 @@ class Session:
         if self.closed or not self.admit():
             return
         try:
-            kind, command = self.state.decode(data)
+            kind, command = decode_command(data)
         except ClientError as exc:
             self.send_error(exc.code, exc.message)
             return
         self.node.stats.messages_in[kind] += 1
-        raw_room = getattr(command, "roomId", None)
-        room_id = None if raw_room is None else normalize_id(raw_room)
-        client_msg_id = getattr(command, "clientMsgId", None)
         try:
             await Session.HANDLERS[type(command)](self, command)
         except ClientError as exc:
             details = dict(exc.details)
+            client_msg_id = getattr(command, "clientMsgId", None)
             if client_msg_id is not None:
                 details["clientMsgId"] = client_msg_id
-            self.send_error(exc.code, exc.message, kind=kind, room_id=room_id, **details)
+            self.send_error(exc.code, exc.message, kind=kind, room_id=_room(command), **details)
         except StoreOverloaded:
             message = "the server is busy; nothing was done, retry"
-            self.send_error(ErrorCode.OVERLOADED, message, kind=kind, room_id=room_id)
+            self.send_error(ErrorCode.OVERLOADED, message, kind=kind, room_id=_room(command))
         except StoreError as exc:
             log.error("store failed for %s on %s: %s", self.conn_id, kind, exc)
             message = "storage failed; nothing was done"
-            self.send_error(ErrorCode.UNAVAILABLE, message, kind=kind, room_id=room_id)
+            self.send_error(ErrorCode.UNAVAILABLE, message, kind=kind, room_id=_room(command))
 
     def handle_binary(self) -> None:
         if self.closed or not self.admit():
@@ -210,6 +218,7 @@ class Session:
 
     async def _auth(self, command: Auth) -> None:
         if self.state.admin_token(command.token):
+            self.is_admin = True
             self._admin_hubs(join=True)
             self.send("AUTH_OK", AuthOkOut(admin=True, userId=self.user_id))
             return
@@ -229,6 +238,7 @@ class Session:
     def _authenticate(self, identity: Identity) -> None:
         """Take a verified token's identity; (re)arm the close at its expiry."""
         self.state.take_identity(identity)
+        self.is_admin = self.state.is_admin
         self._admin_hubs(join=self.is_admin)
         if self._expiry is not None:
             self._expiry.cancel()
@@ -273,6 +283,12 @@ class Session:
         self.state.require_admin()
         room_id, user_id = normalize_id(command.roomId), normalize_id(command.userId)
         await self.node.moderation.mute_user(room_id, user_id, command.seconds)
+
+
+def _room(command: Any) -> str | None:
+    """The room a refused command named, for its ERROR frame (read only on refusal)."""
+    raw = getattr(command, "roomId", None)
+    return None if raw is None else normalize_id(raw)
 
 
 Session.HANDLERS = {
