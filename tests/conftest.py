@@ -47,12 +47,9 @@ async def connect(server: RoomcastServer) -> AsyncIterator[Callable[..., Awaitab
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A private redis-server for this test run (never the shared one on 6379)."""
-    from tests.cluster import REDIS_SERVER, RedisServer
+    from tests.cluster import RedisServer
 
-    if REDIS_SERVER is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI must run the Redis tests: redis-server is not installed")
-        pytest.skip("no redis-server (apt-get install redis-server)")
+    _require_redis_server()
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield server.url
     server.stop()
@@ -61,12 +58,19 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A private three-primary Redis Cluster for this test run."""
-    from tests.cluster import REDIS_SERVER, RedisClusterServers
+    from tests.cluster import RedisClusterServers
+
+    _require_redis_server()
+    cluster = RedisClusterServers(tmp_path_factory.mktemp("redis-cluster")).start()
+    yield cluster.url
+    cluster.stop()
+
+
+def _require_redis_server() -> None:
+    """Skip without redis-server, except in CI, where the Redis tests must run."""
+    from tests.cluster import REDIS_SERVER
 
     if REDIS_SERVER is None:
         if os.environ.get("CI"):
             pytest.fail("CI must run the Redis tests: redis-server is not installed")
         pytest.skip("no redis-server (apt-get install redis-server)")
-    cluster = RedisClusterServers(tmp_path_factory.mktemp("redis-cluster")).start()
-    yield cluster.url
-    cluster.stop()

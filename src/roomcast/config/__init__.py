@@ -7,12 +7,12 @@ docs/configuration.md (the table there is checked against this file by a test).
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from roomcast.adapters import DEFAULT_STORE, UnsupportedURL, resolve
+from roomcast.config.files import SECRETS, SECTION_OF, SECTIONS, read_toml, to_toml
 
 ENV_PREFIX = "ROOMCAST_"
 
@@ -259,34 +259,6 @@ class Settings:
             raise ValueError("log_level must be debug, info, warning or error")
 
 
-# Settings by section, for the TOML file's tables and the docs (the names users see in
-# flags and ROOMCAST_* variables do not change). Every setting is in one section.
-SECTIONS: dict[str, tuple[str, ...]] = {
-    "server": (
-        "host", "port", "rooms", "handshake_timeout", "ping_interval", "drain_time",
-        "shutdown_timeout", "backlog", "loop", "gc_threshold", "permessage_deflate",
-    ),
-    "storage": (
-        "store", "broker", "node_heartbeat", "redis_connections", "redis_prefix",
-        "redis_timeout", "history_max", "history_max_age", "store_queue_max",
-        "store_batch_max",
-    ),
-    "auth": (
-        "admin_token", "api_key", "auth", "jwt_secret", "jwt_public_key", "allowed_origins",
-        "trusted_proxies",
-    ),
-    "limits": (
-        "max_connections_per_ip", "max_message_rate", "message_burst",
-        "rate_limit_close_after", "history_size", "resume_max", "presence_list_max",
-        "presence_broadcast_max", "max_message_chars", "max_frame_bytes",
-        "max_rooms_per_connection", "max_queue_bytes", "feed_hold_max", "feed_ring",
-        "presence_retry_max",
-    ),
-    "logging": ("log_level", "log_format"),
-}  # fmt: skip
-SECTION_OF = {name: section for section, names in SECTIONS.items() for name in names}
-
-
 def env_name(name: str) -> str:
     return ENV_PREFIX + name.upper()
 
@@ -309,9 +281,6 @@ def _convert(kind: Any, raw: str, name: str) -> Any:
     return raw
 
 
-SECRETS = frozenset({"admin_token", "api_key", "jwt_secret"})
-
-
 def load(
     overrides: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
@@ -322,7 +291,7 @@ def load(
     environ = os.environ if env is None else env
     values: dict[str, Any] = {}
     if config_file:
-        values.update(_read_toml(config_file))
+        values.update(read_toml(config_file))
     for f in fields(Settings):
         raw = environ.get(env_name(f.name))
         if raw is not None and raw != "":
@@ -346,61 +315,6 @@ def describe() -> list[tuple[str, str, str, str]]:
     ]
 
 
-def _read_toml(path: str) -> dict[str, Any]:
-    """Settings from a TOML file: `name = value` at the top, or inside the table of the
-    setting's section (`[limits]`, `[storage]`...)."""
-    with open(path, "rb") as handle:
-        try:
-            data = tomllib.load(handle)
-        except tomllib.TOMLDecodeError as exc:
-            raise ValueError(f"{path}: {exc}") from None
-    values: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            if key not in SECTIONS:
-                raise ValueError(f"{path}: unknown section [{key}]")
-            for inner, setting in value.items():
-                values.update(_setting(path, inner, setting, section=key))
-        else:
-            values.update(_setting(path, key, value, section=None))
-    return values
-
-
-def _setting(path: str, key: str, value: Any, section: str | None) -> dict[str, Any]:
-    name = key.replace("-", "_")
-    if name not in SECTION_OF:
-        raise ValueError(f"{path}: unknown setting {key!r}")
-    if section is not None and SECTION_OF[name] != section:
-        raise ValueError(f"{path}: {key!r} belongs in [{SECTION_OF[name]}], not [{section}]")
-    return {name: tuple(value) if isinstance(value, list) else value}
-
-
-def to_toml(settings: Settings) -> str:
-    """The settings as TOML, a table per section, secrets masked."""
-    blocks = []
-    for section, names in SECTIONS.items():
-        lines = [f"[{section}]\n", *(_toml_line(settings, name) for name in names)]
-        blocks.append("".join(lines))
-    return "\n".join(blocks)
-
-
-def _toml_line(settings: Settings, name: str) -> str:
-    value = getattr(settings, name)
-    if name in SECRETS and value:
-        value = "********"
-    if isinstance(value, tuple):
-        text = "[" + ", ".join(_toml_str(v) for v in value) + "]"
-    elif isinstance(value, str):
-        text = _toml_str(value)
-    else:
-        text = str(value).lower() if isinstance(value, bool) else str(value)
-    return f"{name} = {text}\n"
-
-
-def _toml_str(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 def flag_name(name: str) -> str:
     """The command-line flag of a setting."""
     for f in fields(Settings):
@@ -415,4 +329,14 @@ def _show(default: Any) -> str:
     return repr(default) if isinstance(default, str) else str(default)
 
 
-__all__ = ["Settings", "describe", "env_name", "load"]
+__all__ = [
+    "SECRETS",
+    "SECTIONS",
+    "SECTION_OF",
+    "Settings",
+    "describe",
+    "env_name",
+    "flag_name",
+    "load",
+    "to_toml",
+]
