@@ -28,6 +28,8 @@ def test_wheel_installs_and_serves(tmp_path: Path) -> None:
         names = archive.namelist()
     assert "roomcast/bench/cli.py" in names  # `roomcast bench` ships
     assert not [n for n in names if n.endswith("servers.py")]  # the bare servers do not
+    lua = {n.rsplit("/", 1)[-1] for n in names if n.startswith("roomcast/adapters/redis/lua/")}
+    assert {"append.lua", "history.lua", "presence_leave.lua"} <= lua  # the Redis scripts
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"
