@@ -122,6 +122,7 @@ class World:
 
     epoch_no: int = 0
     count: int = 0  # messages in the current history
+    deleted: set[int] = field(default_factory=set)  # their offsets stay unused
     delayed: list[Item] = field(default_factory=list)
     asked: Fetch | None = None
     seen: list[Item] = field(default_factory=list)  # what members have now
@@ -137,7 +138,9 @@ class World:
                 item = decision.item
                 last = self.seen[-1] if self.seen else None
                 if last is not None and last[0] == item[0]:
-                    assert item[1] == last[1] + 1, f"{item} after {last}: order or a double"
+                    skipped = set(range(last[1] + 1, item[1]))
+                    assert item[1] > last[1], f"{item} after {last}: order or a double"
+                    assert skipped <= self.deleted, f"{item} after {last}: a gap"
                 else:
                     assert item[1] == 1 or self.seen == [], f"{item} without an announce"
                 self.seen.append(item)
@@ -174,7 +177,8 @@ class World:
             return
         same = self.feed.epoch == self.epoch
         after = asked.after if asked.after is not None and same and not asked.announce else 0
-        items = [(n, (self.epoch, n)) for n in range(after + 1, self.count + 1)]
+        kept = [n for n in range(after + 1, self.count + 1) if n not in self.deleted]
+        items = [(n, (self.epoch, n)) for n in kept]
         decisions = self.feed.page(self.epoch, self.count, items)
         if decisions and isinstance(decisions[0], Announce):
             self.seen = [item for _, item in items]
@@ -192,7 +196,8 @@ class World:
                 break
             self.answer()
         assert self.asked is None
-        assert self.seen == [(self.epoch, n) for n in range(1, self.count + 1)]
+        have = [item for item in self.seen if item[1] not in self.deleted]
+        assert have == [(self.epoch, n) for n in range(1, self.count + 1) if n not in self.deleted]
 
 
 step = st.one_of(
@@ -201,6 +206,7 @@ step = st.one_of(
     st.tuples(st.just("answer"), st.none()),
     st.tuples(st.just("reconnect"), st.none()),
     st.tuples(st.just("forget"), st.none()),
+    st.tuples(st.just("delete"), st.integers(0, 5)),
 )
 
 
@@ -224,4 +230,8 @@ def test_every_message_once_in_order_or_after_an_announce(steps: list[tuple[str,
         elif kind == "forget":  # the store lost the room's history: a new epoch
             world.epoch_no += 1
             world.count = 0
+            world.deleted = set()
+        elif kind == "delete" and world.count:  # an admin deletes one of the newest
+            assert isinstance(arg, int)
+            world.deleted.add(max(1, world.count - arg))
     world.settle()

@@ -351,6 +351,27 @@ async def test_presence_counts_users_not_tabs(connect: Connect, qa: RoomcastServ
     assert b'"memberCount":1' in body
 
 
+async def test_leave_and_join_again_at_once_keeps_the_user_counted(connect: Connect) -> None:
+    """LEAVE_ROOM then JOIN_ROOM in one breath: the leave, still under way when the
+    join counts the connection in again, must not count the user out afterwards."""
+    watcher = await connect()
+    await watcher.join("flick", "w")
+    flicker = await connect()
+    await flicker.join("flick", "f")
+    flicker.skip = flicker.skip | {"LEFT_ROOM"}
+    for _ in range(3):
+        await flicker.send("LEAVE_ROOM", roomId="flick", userId="f")
+        await flicker.send("JOIN_ROOM", name="f", userId="f", roomId="flick")
+        await flicker.expect("ROOM_HISTORY")
+    latecomer = await connect()
+    latecomer.skip = frozenset()
+    await latecomer.send("JOIN_ROOM", name="late", userId="l", roomId="flick")
+    await latecomer.expect("ROOM_HISTORY")
+    presence = await latecomer.expect("PRESENCE")
+    assert presence["count"] == 3, presence
+    assert sorted(u["userId"] for u in presence["users"]) == ["f", "l", "w"]
+
+
 # ------------------------------------------------------------------ concurrency
 
 

@@ -280,3 +280,45 @@ async def test_redis_history_is_bounded_by_size_and_age(redis_url: str) -> None:
     await by_age.append("r", "u", "n", "new")
     assert [m.text for m in (await by_age.history("r", 10)).messages] == ["new"]
     await by_age.close()
+
+
+async def test_sqlite_close_finishes_queued_writes(tmp_path: Path) -> None:
+    """Writes queued when the store closes are committed and answered, not failed."""
+    path = str(tmp_path / "drain.db")
+    store = SqliteStore(path)
+    await store.open()
+    writes = [asyncio.create_task(store.append("r", "u", "n", str(i))) for i in range(200)]
+    await asyncio.sleep(0)  # all queued
+    await store.close()
+    results = await asyncio.gather(*writes, return_exceptions=True)
+    assert [r.message.offset for r in results if not isinstance(r, BaseException)] == list(
+        range(1, 201)
+    )
+    again = SqliteStore(path)
+    await again.open()
+    assert (await again.history("r", 1)).last_offset == 200
+    await again.close()
+
+
+async def test_redis_adapters_close_once_on_their_shared_link(redis_url: str) -> None:
+    """Store, broker and presence share one command link: closing one of them twice
+    does not close it under the others."""
+    from roomcast.adapters.redis import RedisBroker, RedisPresence
+    from roomcast.core.wire import EventPub
+
+    key_prefix = prefix()
+    link = RedisLink(redis_url)
+    store = RedisStore(link, prefix=key_prefix)
+    broker = RedisBroker(link, prefix=key_prefix)
+    presence = RedisPresence(link, prefix=key_prefix)
+    broker.bind(lambda pub: None, lambda: None)
+    for adapter in (store, broker, presence):
+        await adapter.open()
+    await store.close()
+    await store.close()
+    await presence.close()
+    await presence.close()
+    await broker.publish(EventPub("r", b"{}"))  # the link is still open for the broker
+    await broker.close()
+    with pytest.raises(StoreError):
+        await link.ping()

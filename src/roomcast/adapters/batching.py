@@ -97,6 +97,10 @@ class Batcher(Generic[Op]):
             while self._queue and not self._stopping:
                 size = self._batch_max
                 batch, self._queue = self._queue[:size], self._queue[size:]
+                # A caller that gave up (its timeout) was told nothing was done: keep it so.
+                batch = [item for item in batch if not item[1].done()]
+                if not batch:
+                    continue
                 self._inflight = batch
                 await self._write(batch)
                 self._inflight = []

@@ -178,8 +178,8 @@ class RoomFeed(Generic[T, E]):
         out: list[Decision[T, E]] = []
         same = epoch == self.epoch
         if same and complete and not asked.announce:
-            for offset, item in items:
-                if offset == self.last + 1:
+            for offset, item in items:  # oldest first; deleted messages leave holes
+                if offset > self.last:
                     out.append(self._deliver(offset, item))
             self.last = max(self.last, last_offset)
         else:
@@ -209,10 +209,18 @@ class RoomFeed(Generic[T, E]):
 
     def epoch_seen(self, epoch: str) -> list[Decision[T, E]]:
         """A history read elsewhere (a joiner's) showed `epoch`: if it is new, the
-        room's history was lost and begun again."""
-        if epoch == self.epoch or epoch in self._old or self._asked is not None:
+        room's history was lost and begun again: announce it (after the fetch under
+        way, if there is one)."""
+        if epoch == self.epoch or epoch in self._old:
+            return []
+        if self._asked is not None:
+            self._refetch = True
             return []
         return [self._ask(Fetch(None, announce=True))]
+
+    def left(self, epoch: str) -> bool:
+        """Whether `epoch` is one this feed has left behind (a history lost since)."""
+        return epoch in self._old
 
     def behind(self, offset: int) -> list[Decision[T, E]]:
         """A history read showed messages up to `offset` that no publication brought

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
+from roomcast.core.errors import StoreError
 from roomcast.core.feed import Announce, Decision, Deliver, Fetch, Pass, RoomFeed
 from roomcast.core.model import HistoryPage
 from roomcast.core.protocol import MutedOut, RoomEventOut, encode_event
@@ -96,9 +97,11 @@ class Delivery:
     async def host(self, room_id: str) -> Hosted:
         """The room's hosting state, subscribed and with its feed running."""
         hosted = self.hosted.get(room_id)
-        if hosted is not None:
+        while hosted is not None:
             await asyncio.shield(hosted.ready)
-            return hosted
+            if self.hosted.get(room_id) is hosted:
+                return hosted
+            hosted = self.hosted.get(room_id)  # released meanwhile: host it anew
         hosted = self.hosted[room_id] = Hosted()
         try:
             await self.broker.subscribe(room_id)
@@ -107,7 +110,9 @@ class Delivery:
             if self.hosted.get(room_id) is hosted:
                 del self.hosted[room_id]
             self._spawn(self._unsubscribe(room_id))
-            error = exc if isinstance(exc, Exception) else asyncio.CancelledError()
+            # Joiners waiting on it fail with a store error, never a cancellation of
+            # their own (which would end their connection's read loop).
+            error = exc if isinstance(exc, Exception) else StoreError("join cancelled")
             hosted.ready.set_exception(error)
             hosted.ready.exception()  # retrieved: joiners waiting on it re-raise it
             raise
@@ -270,9 +275,10 @@ class Delivery:
         if fetch.announce:  # settings and mutes may have changed while we were away
             info = await store.get_room(room_id)
             mutes = await store.mutes(room_id)
-            if info is not None:
-                self.view.rooms[room_id] = info
-            self.view.mutes[room_id] = mutes
+            if not _closed(hosted):  # (a released room's caches must stay forgotten)
+                if info is not None:
+                    self.view.rooms[room_id] = info
+                self.view.mutes[room_id] = mutes
         return page, after
 
     def _announce(
@@ -306,13 +312,14 @@ class Delivery:
             raise RuntimeError("line_up before the feed runs")
         epoch = page.epoch or self.store.epoch
         if epoch != feed.epoch:  # the room's history was lost, or the read is stale
-            decisions = feed.epoch_seen(epoch)
-            if decisions or feed.fetching:
-                hosted.waiting[member] = AFTER_ANNOUNCE
-                self._apply(room_id, hosted, decisions)
-            else:  # the feed is ahead of that read: read again
+            if feed.left(epoch):  # the read is older than the feed: read again
                 self._enter(room_id, member)
                 self._spawn(self._rejoin(member, room_id))
+                return
+            # A new history: the feed announces it (now, or after the fetch under way),
+            # and the joiner enters with that announcement.
+            hosted.waiting[member] = AFTER_ANNOUNCE
+            self._apply(room_id, hosted, feed.epoch_seen(epoch))
             return
         if page.last_offset > feed.last or feed.fetching:
             hosted.waiting[member] = page.last_offset
@@ -366,8 +373,8 @@ class Delivery:
             feed = hosted.feed
             if feed is None or not hosted.waiting or feed.fetching:
                 continue
-            target = max(hosted.waiting.values())
-            if feed.last < target < AFTER_ANNOUNCE:
+            target = max((t for t in hosted.waiting.values() if t < AFTER_ANNOUNCE), default=0)
+            if feed.last < target:
                 self._apply(room_id, hosted, feed.behind(target))
 
 

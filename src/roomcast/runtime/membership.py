@@ -55,9 +55,15 @@ class Membership:
         self.view = view
         self._room = room
         self._spawn = spawn
-        self._leaves: dict[tuple[str, str, str], None] = {}  # (room, user, conn) to retry
+        self._leaves: dict[tuple[str, str, str], None] = {}  # (room, user, key) to retry
+        # The presence key of each (connection, room) membership: the connection's id and
+        # a number of its own per join, so a leave still under way (or retried) can
+        # never count out a later join of the same connection.
+        self._keys: dict[tuple[str, str], str] = {}
+        self._joins = 0
         self.leaves_dropped = 0
-        self.released: Callable[[str], None] = lambda room_id: None  # no longer hosted
+        # Called when a room is no longer hosted here, with its cooldown (ms) as it was.
+        self.released: Callable[[str, int], None] = lambda room_id, cooldown_ms: None
         self._housekeeper: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -69,6 +75,10 @@ class Membership:
         if self._housekeeper is not None:
             self._housekeeper.cancel()
             await asyncio.wait({self._housekeeper}, timeout=5.0)
+        if self._leaves:  # one last try, so a clean stop leaves no ghost behind
+            leaves, self._leaves = self._leaves, {}
+            retries = [self._presence_leave(*leave) for leave in leaves]
+            await asyncio.wait([asyncio.ensure_future(r) for r in retries], timeout=2.0)
 
     async def _publish_quietly(self, pub: Publication) -> None:
         """Publish what no caller waits for (presence); a failure is logged."""
@@ -129,7 +139,10 @@ class Membership:
     ) -> None:
         again = room_id in member.rooms
         presence = self.presence
-        conn = member.conn_id
+        conn = self._keys.get((member.conn_id, room_id)) if again else None
+        if conn is None:
+            self._joins += 1
+            conn = f"{member.conn_id}.{self._joins}"
         limit = self.settings.presence_list_max
         first, count = False, self.view.counts.get(room_id, 0)
         users: list[tuple[str, str]] = []
@@ -138,7 +151,7 @@ class Membership:
                 first, count, users = await presence.join(room_id, user_id, name, conn, limit)
             except BaseException:
                 # It may have counted the connection in before the answer was lost.
-                self._leave_later(room_id, user_id, conn)
+                self._spawn(self._presence_leave(room_id, user_id, conn))
                 raise
             self.view.counts[room_id] = count
         try:
@@ -148,11 +161,11 @@ class Membership:
             )
         except BaseException:
             if not again:
-                self._leave_later(room_id, user_id, conn)
+                self._spawn(self._presence_leave(room_id, user_id, conn))
             raise
         if member.closed:
             if not again:
-                self._leave_later(room_id, user_id, conn)
+                self._spawn(self._presence_leave(room_id, user_id, conn))
             return
         # No await from here on: entering the room is one step with the history read.
         member.user_id = user_id  # the connection is this user from now on
@@ -162,6 +175,7 @@ class Membership:
         for muted, until in mutes.items():  # what we read, merged with what arrived
             cached[muted] = max(cached.get(muted, 0), until)
         member.rooms[room_id] = name
+        self._keys[(member.conn_id, room_id)] = conn
         box = member.outbox
         history = view.history_out(page, info, after, recovered, self.store.epoch)
         box.send(text_frame(encode_event("ROOM_HISTORY", history)))
@@ -218,12 +232,15 @@ class Membership:
 
     def leave(self, member: Member, room_id: str) -> None:
         """Leave one room; USER_LEFT goes out when it was the user's last connection."""
+        key = self._keys.pop((member.conn_id, room_id), None)
         if member.rooms.pop(room_id, None) is None or member.user_id is None:
             return
+        info = self.view.rooms.get(room_id)
         self.delivery.leave(member, room_id)
-        self._spawn(self._presence_leave(room_id, member.user_id, member.conn_id))
+        if key is not None:
+            self._spawn(self._presence_leave(room_id, member.user_id, key))
         if room_id not in self.delivery.hosted:
-            self.released(room_id)
+            self.released(room_id, int(info.cooldown_seconds * 1000) if info else 0)
 
     async def _presence_leave(self, room_id: str, user_id: str, conn: str) -> None:
         try:
@@ -252,16 +269,20 @@ class Membership:
         beat = self.settings.node_heartbeat
         while not self._stopping:
             await asyncio.sleep(beat)
-            self.delivery.unstick()
-            leaves, self._leaves = self._leaves, {}
-            for room_id, user_id, conn in leaves:
-                await self._presence_leave(room_id, user_id, conn)
             try:
-                changed = await self.presence.sweep(list(self.delivery.hosted))
+                await self._housekeep()
             except StoreError as exc:
                 log.debug("housekeeping: %s", exc)
-                continue
-            for room_id, count, gone in changed:
-                for user_id in gone:
-                    event = encode_event("USER_LEFT", UserLeftOut(room_id, user_id, count))
-                    await self._publish_quietly(PresencePub(room_id, count, event))
+            except Exception:  # the loop must go on: log, and try again next beat
+                log.exception("housekeeping failed")
+
+    async def _housekeep(self) -> None:
+        self.delivery.unstick()
+        leaves, self._leaves = self._leaves, {}
+        for room_id, user_id, key in leaves:
+            await self._presence_leave(room_id, user_id, key)
+        changed = await self.presence.sweep(list(self.delivery.hosted))
+        for room_id, count, gone in changed:
+            for user_id in gone:
+                event = encode_event("USER_LEFT", UserLeftOut(room_id, user_id, count))
+                await self._publish_quietly(PresencePub(room_id, count, event))

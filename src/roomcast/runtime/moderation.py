@@ -67,7 +67,10 @@ class Moderation:
         """Apply an admin's UPDATE_ROOM; members get ROOM_UPDATED."""
         async with self._lock:
             room_id = normalize_id(command.roomId)
-            info = await self._room(room_id)
+            # From the store, not a cache: another node may have changed it just now.
+            info = await self.store.get_room(room_id)
+            if info is None:
+                raise ClientError(ErrorCode.ROOM_NOT_FOUND, f"no room {room_id!r}")
             new = msgspec.structs.replace(info, **_changes(command))
             if new.medium_threshold > new.high_threshold:
                 raise ClientError(

@@ -41,7 +41,6 @@ from roomcast.runtime.view import RoomView
 log = logging.getLogger("roomcast.node")
 
 COOLDOWN_PRUNE_AT = 10_000  # cooldown entries per room before expired ones are dropped
-COOLDOWN_KEEP_MS = 3_600_000  # cooldowns kept after a room's last member left here
 
 __all__ = ["Member", "Node"]
 
@@ -81,7 +80,6 @@ class Node:
         self.moderation = Moderation(store, broker, self.view, self.room, self.now_ms)
         broker.bind(self.delivery.on_publication, self.delivery.on_reconnect)
         self._last_sent: dict[str, dict[str, tuple[int, str | None]]] = {}
-        self._admin_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self.membership = Membership(
             settings, store, presence, self.delivery, self.view, self.room, self._spawn
@@ -118,7 +116,12 @@ class Node:
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
 
     # ------------------------------------------------------------ rooms
 
@@ -139,11 +142,11 @@ class Node:
             raise ClientError(ErrorCode.ROOM_NOT_FOUND, f"no room {room_id!r}")
         return info
 
-    def _forget_cooldowns(self, room_id: str) -> None:
+    def _forget_cooldowns(self, room_id: str, cooldown_ms: int) -> None:
         """The room has no members here any more: keep only running cooldowns."""
         last = self._last_sent.get(room_id)
         if last is not None:
-            _prune(last, self.now_ms() - COOLDOWN_KEEP_MS)
+            _prune(last, self.now_ms() - cooldown_ms)
             if not last:
                 del self._last_sent[room_id]
 

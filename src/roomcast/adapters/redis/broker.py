@@ -78,6 +78,8 @@ class RedisBroker:
     async def open(self) -> None:
         """Start the connection loop and wait for its first try (bounded), so a node
         that can reach Redis serves its first joins connected."""
+        if self._task is not None:
+            return
         await self.link.open()
         self._task = asyncio.create_task(self._run(), name="redis-broker")
         tried = asyncio.ensure_future(self._tried.wait())
@@ -88,9 +90,10 @@ class RedisBroker:
 
     async def close(self) -> None:
         self._stopping = True
-        if self._task is not None:
-            await stop_task(self._task)
-            self._task = None
+        if self._task is None:
+            return  # never opened, or closed already: the shared link is not ours now
+        await stop_task(self._task)
+        self._task = None
         await self._drop()
         await self.link.close()
 

@@ -34,15 +34,18 @@ class RedisPresence:
         self._first_sweep = 0.0
 
     async def open(self) -> None:
+        if self._task is not None:
+            return
         await self.link.open()
         self._first_sweep = time.monotonic() + 3 * self._beat  # give peers time to beat
         self._task = asyncio.create_task(self._heartbeat(), name="redis-heartbeat")
 
     async def close(self) -> None:
         self._stopping = True
-        if self._task is not None:
-            await stop_task(self._task)
-            self._task = None
+        if self._task is None:
+            return  # never opened, or closed already: the shared link is not ours now
+        await stop_task(self._task)
+        self._task = None
         await self.link.close()
 
     async def join(

@@ -99,6 +99,7 @@ class RedisStore:
         self._node = secrets.token_hex(6)
         self._candidates = 0
         self._id_lock = asyncio.Lock()
+        self._open = False
         link.on_connection_error.append(self._forget_ids)
 
     # ------------------------------------------------------------ lifecycle
@@ -109,10 +110,14 @@ class RedisStore:
         return "redis"
 
     async def open(self) -> None:
-        await self.link.open()
+        if not self._open:
+            self._open = True
+            await self.link.open()
 
     async def close(self) -> None:
-        await self.link.close()
+        if self._open:  # idempotent: the link is shared, count this user out once
+            self._open = False
+            await self.link.close()
 
     async def ping(self) -> None:
         await self.link.ping()

@@ -88,10 +88,11 @@ class SqliteStore:
             self._lock = None
 
     async def close(self) -> None:
-        executor, self._executor = self._executor, None
+        executor = self._executor
         if executor is None:
             return
-        await self._batcher.stop()
+        await self._batcher.stop()  # finishes what is queued first (bounded)
+        self._executor = None
         await asyncio.get_running_loop().run_in_executor(executor, self._release)
         executor.shutdown(wait=True)
 
