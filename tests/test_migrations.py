@@ -82,7 +82,8 @@ def test_roomcast_migrate_upgrades_once_when_nodes_start_together(tmp_path: Path
         for _ in range(3)
     ]
     outputs = [run.communicate(timeout=60) for run in runs]
-    assert [run.returncode for run in runs] == [0, 0, 0], outputs
+    errors = "".join(err for _, err in outputs)
+    assert [run.returncode for run in runs] == [0, 0, 0], errors
     said = sorted(out.strip() for out, _ in outputs)
     assert said == [
         f"{url}: schema 1 -> {SCHEMA_VERSION}",

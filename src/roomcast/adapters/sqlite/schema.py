@@ -136,9 +136,10 @@ def migrate(conn: sqlite3.Connection) -> tuple[int, int, str]:
 
 def migrate_file(path: str) -> tuple[int, int]:
     """Migrate the database at `path` (created if missing); (version before, after)."""
+    # No journal-mode change here: switching a file to WAL needs it to itself, so nodes
+    # migrating together could refuse each other; the store sets WAL when it opens.
     conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
     try:
-        conn.execute("PRAGMA journal_mode=WAL")
         before, after, _ = migrate(conn)
     finally:
         conn.close()
