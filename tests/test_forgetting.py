@@ -76,6 +76,7 @@ async def two_nodes(tmp_path: Path) -> AsyncIterator[tuple[RedisServer, list[Nod
 async def _room_at_300(nodes: list[NodeProcess]) -> tuple[Client, list[Watcher]]:
     publisher = await Client.connect(nodes[0].url)
     await publisher.join(ROOM, "pub")
+    publisher.skip = frozenset()
     watchers = [Watcher(await Client.connect(node.url)) for node in (nodes[0], nodes[1])]
     for i, w in enumerate(watchers):
         await w.client.join(ROOM, f"w{i}")
@@ -112,6 +113,18 @@ async def test_a_forgotten_room_resets_at_once_and_stays_live(
     new message shows within 2 s (a quiet room), and a burst arrives whole, in order."""
     server, nodes, key_prefix = two_nodes
     publisher, watchers = await _room_at_300(nodes)
+    refused: list[dict[str, Any]] = []  # what the server refused the publisher, if anything
+
+    async def errors() -> None:
+        while True:
+            try:
+                frame = await publisher.recv(0.2)
+            except TimeoutError:
+                continue
+            if frame["type"] == "ERROR":
+                refused.append(frame["payload"])
+
+    reading = asyncio.create_task(errors())
     await _forget(how, server, key_prefix)
     if how == "restart":
         for node in nodes:
@@ -136,11 +149,14 @@ async def test_a_forgotten_room_resets_at_once_and_stays_live(
         await publisher.send("SEND_MESSAGE", userId="pub", roomId=ROOM, message=f"burst:{n}")
     expected = [f"quiet:{n}" for n in range(5)] + [f"burst:{n}" for n in range(300)]
     for w in watchers:
-        assert await wait_until(lambda w=w: len(w.texts_after_reset()) >= 305, timeout(20))
+        arrived = await wait_until(lambda w=w: len(w.texts_after_reset()) >= 305, timeout(20))
+        assert refused == [], "the server refused some of the publisher's messages"
+        assert arrived, f"{len(w.texts_after_reset())} of 305 arrived"
         assert w.texts_after_reset() == expected
         new = [o for o, t, _ in w.chats if not t.startswith("old:")]
         assert new == list(range(1, 306)), "the new history counts from 1, in order, once"
         assert len(w.resets) == 1
+    reading.cancel()
     for w in watchers:
         assert w.task is not None
         w.task.cancel()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,7 +21,7 @@ from roomcast.core.model import StoredMessage
 from roomcast.core.rooms import RoomInfo, check_send
 from roomcast.core.wire import ChatPub, EventPub, MutePub, PresencePub, Publication, RoomPub
 from roomcast.ports import Broker, Presence
-from tests.cluster import prefix
+from tests.cluster import RedisServer, prefix
 from tests.helpers import wait_until
 
 # ------------------------------------------------------------------ the inter-node format
@@ -361,3 +362,25 @@ async def test_the_redis_store_enforces_the_nodes_rules(redis_url: str) -> None:
     finally:
         await store.close()
     assert {_python_answer(c) for c in RULE_CASES} == {"ok", "muted", "cooldown"}
+
+
+async def test_the_link_drops_connections_a_redis_restart_killed(tmp_path: Path) -> None:
+    """Pooled connections opened before Redis restarted would fail their next command
+    (commands are never retried: an append could post twice). Once the restart is known
+    (the broker reconnected, or a write failed), the link closes its idle connections,
+    and every later command runs on a fresh one."""
+    server = RedisServer(tmp_path / "r").start()
+    link = RedisLink(server.url)
+    await link.open()
+    try:
+        client = link.client
+        await asyncio.gather(*(link.direct(client.ping()) for _ in range(6)))  # a pool of several
+        server.restart()
+        await link.drop_idle()
+        results = await asyncio.gather(
+            *(link.direct(client.ping()) for _ in range(6)), return_exceptions=True
+        )
+        assert all(r is True for r in results), results
+    finally:
+        await link.close()
+        server.stop()

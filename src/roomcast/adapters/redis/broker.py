@@ -203,6 +203,9 @@ class RedisBroker:
             if not first:
                 self.reconnects += 1
                 log.warning("redis broker: reconnected; filling gaps from the history")
+                # Redis may have restarted: the command link's idle connections are
+                # dead; close them before the fills and the next writes use them.
+                await self.link.drop_idle()
                 self._on_reconnect()
             first = False
             try:

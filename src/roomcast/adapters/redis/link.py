@@ -16,6 +16,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
 from roomcast.adapters.batching import Batcher
@@ -97,6 +99,21 @@ class RedisLink:
     async def ping(self) -> None:
         await self.direct(self.client.ping())
 
+    async def drop_idle(self) -> None:
+        """Close the idle pooled connections (they reconnect on their next use). Called
+        when Redis was found gone: a connection opened before a Redis restart fails on
+        its next command, and commands are never retried (an append could post twice),
+        so stale connections must not wait in the pool for the next writes."""
+        client = self._client
+        if client is None:
+            return
+        with contextlib.suppress(RedisError, OSError):
+            if isinstance(client, RedisCluster):
+                for node in client.get_nodes():
+                    await node.disconnect_free_connections()
+            else:
+                await client.connection_pool.disconnect(inuse_connections=False)
+
     # ------------------------------------------------------------ the writer
 
     def _failure(self, exc: BaseException) -> StoreError:
@@ -108,7 +125,11 @@ class RedisLink:
         return StoreError(f"redis: {exc!r}")
 
     async def _flush(self, batch: list[Op]) -> list[object]:
-        results = await self._execute(batch)
+        try:
+            results = await self._execute(batch)
+        except (RedisConnectionError, OSError):
+            await self.drop_idle()  # the batch fails; the next ones get fresh connections
+            raise
         if any(isinstance(r, NoScriptError) for r in results):
             await self._load_scripts()  # Redis restarted (or its scripts were flushed)
             retry = [op for op, r in zip(batch, results, strict=True) if _noscript(r)]
