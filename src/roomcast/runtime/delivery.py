@@ -157,20 +157,6 @@ class Delivery:
             if len(hosted.early) < self.limits.feed_hold_max:
                 hosted.early.append(pub)  # past the bound: the first read covers it
             return
-        if type(pub) is ChatPub:  # the hot path: the room's next message, delivered now
-            view = self.view
-            message = pub.message
-            payload = encode_event("ADD_CHAT", view.chat_out(message, view.info(room_id)))
-            # The ring is kept only while a joiner reads the history (it may need what
-            # is delivered meanwhile): a joiner counts itself in before it reads.
-            keep = hosted.joining > 0 or bool(hosted.waiting)
-            if feed.accept(pub.epoch, message.offset, payload, keep=keep):
-                self.hub.publish(room_id, payload)
-                if hosted.waiting:
-                    self._admit(room_id, hosted)
-                return
-            self._apply(room_id, hosted, feed.publication(pub.epoch, message.offset, payload))
-            return
         self._dispatch(room_id, hosted, feed, pub)
 
     def on_reconnect(self) -> None:
@@ -180,14 +166,24 @@ class Delivery:
                 self._apply(room_id, hosted, hosted.feed.reconnected())
 
     def _dispatch(self, room_id: str, hosted: Hosted, feed: Feed, pub: Publication) -> None:
-        if type(pub) is ChatPub:
-            view = self.view
-            payload = encode_event("ADD_CHAT", view.chat_out(pub.message, view.info(room_id)))
-            decisions = feed.publication(pub.epoch, pub.message.offset, payload)
-        else:
+        if type(pub) is not ChatPub:
             decisions = feed.event(pub)
-        if decisions:
-            self._apply(room_id, hosted, decisions)
+            if decisions:
+                self._apply(room_id, hosted, decisions)
+            return
+        view = self.view
+        message = pub.message
+        payload = encode_event("ADD_CHAT", view.chat_out(message, view.info(room_id)))
+        # The hot path: the room's next message, delivered now. The ring is kept only
+        # while a joiner reads the history (it may need what is delivered meanwhile):
+        # a joiner counts itself in before it reads.
+        keep = hosted.joining > 0 or bool(hosted.waiting)
+        if feed.accept(pub.epoch, message.offset, payload, keep=keep):
+            self.hub.publish(room_id, payload)
+            if hosted.waiting:
+                self._admit(room_id, hosted)
+            return
+        self._apply(room_id, hosted, feed.publication(pub.epoch, message.offset, payload))
 
     def _apply(
         self,
